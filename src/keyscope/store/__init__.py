@@ -1,0 +1,35 @@
+"""Stores: `open_store(url)` picks the implementation from the URL's scheme."""
+
+from __future__ import annotations
+
+from .base import Conflict, MissingReference, NotFound, Protected, Store, StoreError, StoreUnavailable
+
+__all__ = [
+    "Conflict",
+    "MissingReference",
+    "NotFound",
+    "Protected",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "store_from_url",
+]
+
+
+def store_from_url(url: str) -> Store:
+    """`sqlite:///relative.db`, `sqlite:////abs/path.db` (SQLAlchemy's spelling) or `postgresql://...`.
+
+    Raises ValueError with a one-line message for anything else. The store is not opened here.
+    """
+    if url.startswith("sqlite:///"):
+        from .sqlite import SQLiteStore
+
+        path = url[len("sqlite:///"):]
+        if not path:
+            raise ValueError(f"store URL {url!r} names no file")
+        return SQLiteStore(path)
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///FILE or postgresql://USER@HOST:PORT/DB")
