@@ -1,19 +1,35 @@
 """The allowlist: which (method, path template) a linked key may call, and where each request carries its ids.
 
 Loaded from `endpoints.yaml` and validated whole before anything starts: a broken file never yields a
-running gateway.
+running gateway. Every problem found is reported, one line each, naming the entry (its number, counted from
+1, its method and path, and its line in the file when loaded from one).
 """
 
 from __future__ import annotations
 
+import importlib.resources
+import os
+import re
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
 
 ErrorFamily = Literal["legacy", "api-error"]
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+ERROR_FAMILIES = ("legacy", "api-error")
+REQUIRED_FIELDS = ("function", "method", "path", "group", "ids", "errors")
+FIELDS = (*REQUIRED_FIELDS, "deprecated")
+
 
 class EndpointsError(ValueError):
-    """endpoints.yaml is unusable; the message names the entry and the problem."""
+    """endpoints.yaml is unusable; the message names the entry and the problem, one line per problem."""
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems or (message,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +66,299 @@ class Endpoint:
     @property
     def carries_ids(self) -> bool:
         return bool(self.ids)
+
+
+def default_path() -> Path:
+    """The packaged copy when keyscope is installed from a wheel, else the repository's top-level file."""
+    packaged = importlib.resources.files("keyscope") / "endpoints.yaml"
+    if isinstance(packaged, Path) and packaged.is_file():
+        return packaged
+    in_repo = Path(__file__).resolve().parents[2] / "endpoints.yaml"
+    if in_repo.is_file():
+        return in_repo
+    raise EndpointsError(f"no endpoints.yaml found: looked for {packaged} and {in_repo}")
+
+
+def load(path: str | os.PathLike[str] | None = None) -> list[Endpoint]:
+    """Read, parse and validate an endpoints file; `None` means `default_path()`."""
+    file = Path(path) if path is not None else default_path()
+    source = str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise EndpointsError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise EndpointsError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    return _parse_text(text, source)
+
+
+def parse(document: Any, source: str = "<document>") -> list[Endpoint]:
+    """Validate an already-parsed YAML document (a mapping with key `endpoints`)."""
+    return _validate(document, source, lines=None, key_problems={})
+
+
+def _parse_text(text: str, source: str) -> list[Endpoint]:
+    try:
+        document = yaml.safe_load(text)
+        # safe_load keeps the last of two equal keys silently; the node tree shows both, and each entry's line.
+        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
+        raise EndpointsError(f"{where}: YAML syntax error: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise EndpointsError(f"{source}: YAML error: {' '.join(str(exc).split())}") from None
+    lines, key_problems = _inspect_nodes(root)
+    return _validate(document, source, lines, key_problems)
+
+
+def _inspect_nodes(root: yaml.Node | None) -> tuple[list[int] | None, dict[int, list[str]]]:
+    """Each entry's line, and duplicate mapping keys per entry (-1: outside any entry)."""
+    problems: dict[int, list[str]] = {}
+    if not isinstance(root, yaml.MappingNode):
+        return None, problems
+    problems[-1] = _duplicate_keys(root, deep=False)
+    entries = [value for key, value in root.value if isinstance(key, yaml.ScalarNode) and key.value == "endpoints"]
+    if not entries or not isinstance(entries[-1], yaml.SequenceNode):
+        return None, problems
+    items = entries[-1].value
+    for index, item in enumerate(items):
+        problems[index] = _duplicate_keys(item, deep=True)
+    return [item.start_mark.line + 1 for item in items], problems
+
+
+def _duplicate_keys(node: yaml.Node, deep: bool) -> list[str]:
+    found: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in seen:
+                    found.append(f"duplicate key {key.value!r} at line {key.start_mark.line + 1}")
+                seen.add(key.value)
+            if deep:
+                found += _duplicate_keys(value, deep)
+    elif deep and isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            found += _duplicate_keys(item, deep)
+    return found
+
+
+def _validate(
+    document: Any, source: str, lines: list[int] | None, key_problems: dict[int, list[str]]
+) -> list[Endpoint]:
+    problems = [f"{source}: {problem}" for problem in key_problems.get(-1, [])]
+    raw_entries = _top_level(document, source, problems)
+    endpoints: list[Endpoint] = []
+    routes: dict[tuple[str, str], tuple[int, str]] = {}
+    for index, raw in enumerate(raw_entries):
+        where = f"{source}:{lines[index]}" if lines and index < len(lines) else source
+        label = f"{where}: entry {index + 1}{_describe(raw)}"
+        entry_problems = list(key_problems.get(index, []))
+        endpoint = _entry(raw, entry_problems)
+        if endpoint is not None:
+            route = (endpoint.method, _PARAM.sub("{}", endpoint.path))
+            if route in routes:
+                first, first_path = routes[route]
+                same = "the same" if first_path == endpoint.path else f"the same route as {first_path!r},"
+                entry_problems.append(f"duplicate (method, path): {same} as entry {first}")
+            else:
+                routes[route] = (index + 1, endpoint.path)
+                endpoints.append(endpoint)
+        problems += [f"{label}: {problem}" for problem in entry_problems]
+    if problems:
+        raise EndpointsError("\n".join(problems), tuple(problems))
+    return endpoints
+
+
+def _top_level(document: Any, source: str, problems: list[str]) -> list[Any]:
+    if document is None:
+        problems.append(f"{source}: the file is empty; expected a mapping with the key 'endpoints'")
+        return []
+    if not isinstance(document, dict):
+        problems.append(f"{source}: expected a mapping with the key 'endpoints', got {_kind(document)}")
+        return []
+    problems += [f"{source}: unknown top-level key {key!r}" for key in document if key != "endpoints"]
+    if "endpoints" not in document:
+        problems.append(f"{source}: missing top-level key 'endpoints'")
+        return []
+    entries = document["endpoints"]
+    if not isinstance(entries, list):
+        problems.append(f"{source}: 'endpoints' must be a list, got {_kind(entries)}")
+        return []
+    return entries
+
+
+def _describe(raw: Any) -> str:
+    if not isinstance(raw, dict):
+        return ""
+    method, path = raw.get("method"), raw.get("path")
+    if isinstance(method, str) and isinstance(path, str):
+        return f" ({method} {path})"
+    if isinstance(path, str):
+        return f" ({path})"
+    return ""
+
+
+def _entry(raw: Any, problems: list[str]) -> Endpoint | None:
+    if not isinstance(raw, dict):
+        problems.append(f"must be a mapping, got {_kind(raw)}")
+        return None
+    problems += [f"unknown field {key!r} (fields are: {', '.join(FIELDS)})" for key in raw if key not in FIELDS]
+    problems += [f"missing field {name!r}" for name in REQUIRED_FIELDS if name not in raw]
+    start = len(problems)
+    for name in ("function", "group"):
+        value = raw.get(name)
+        if name in raw and (not isinstance(value, str) or not value.strip()):
+            problems.append(f"{name} must be a non-empty string, got {_kind(value)}")
+    method = raw.get("method")
+    if "method" in raw and (not isinstance(method, str) or method not in METHODS):
+        problems.append(f"unknown method {method!r} (allowed: {', '.join(sorted(METHODS))})")
+    path = raw.get("path")
+    if "path" in raw:
+        if isinstance(path, str):
+            problems += _template_problems(path)
+        else:
+            problems.append(f"path must be a string, got {_kind(path)}")
+    ids = _ids(raw["ids"], problems) if "ids" in raw else ()
+    errors = raw.get("errors")
+    if "errors" in raw and errors not in ERROR_FAMILIES:
+        problems.append(f"unknown errors family {errors!r} (allowed: {', '.join(ERROR_FAMILIES)})")
+    deprecated = raw.get("deprecated", False)
+    if not isinstance(deprecated, bool):
+        problems.append(f"deprecated must be true or false, got {_kind(deprecated)}")
+    if problems[start:] or any(name not in raw for name in REQUIRED_FIELDS):
+        return None
+    return Endpoint(method, path, raw["function"], raw["group"], ids, errors, deprecated)
+
+
+# A template parameter: `{name}`, the whole segment.
+_PARAM = re.compile(r"\{([^{}/]*)\}")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_PCHAR = _UNRESERVED | frozenset("!$&'()*+,;=:@")
+_HEX = frozenset("0123456789ABCDEF")
+
+
+def _template_problems(path: str) -> list[str]:
+    if not path.startswith("/"):
+        return [f"path {path!r} must start with '/'"]
+    depth = 0
+    for char in path:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth > 1:
+            return [f"path {path!r} has nested braces"]
+        if depth < 0:
+            return [f"path {path!r} has unbalanced braces"]
+    if depth:
+        return [f"path {path!r} has unbalanced braces"]
+    problems: list[str] = []
+    names: set[str] = set()
+    for segment in path[1:].split("/"):
+        if not segment:
+            problems.append(f"path {path!r} has an empty segment ('//' or a trailing '/')")
+        elif "{" in segment or "}" in segment:
+            match = _PARAM.fullmatch(segment)
+            name = match.group(1) if match else ""
+            if not match:
+                problems.append(f"path {path!r}: parameter in {segment!r} must be a whole segment")
+            elif not _IDENTIFIER.fullmatch(name):
+                problems.append(f"path {path!r}: parameter name {name!r} is not an identifier")
+            elif name in names:
+                problems.append(f"path {path!r}: duplicate parameter name {name!r}")
+            names.add(name)
+        elif segment in (".", ".."):
+            problems.append(f"path {path!r} has a {segment!r} segment")
+        else:
+            problem = _static_problem(segment)
+            if problem:
+                problems.append(f"path {path!r}: {problem}")
+    return problems
+
+
+def _static_problem(segment: str) -> str | None:
+    """RFC 3986 pchar only; percent-encodings upper-case and never of an unreserved character (not canonical)."""
+    index = 0
+    while index < len(segment):
+        char = segment[index]
+        if char == "%":
+            digits = segment[index + 1 : index + 3]
+            if len(digits) != 2 or not set(digits) <= _HEX:
+                return f"malformed percent-encoding in {segment!r} (write %XX with upper-case hex digits)"
+            if chr(int(digits, 16)) in _UNRESERVED:
+                return f"{'%' + digits!r} in {segment!r} encodes {chr(int(digits, 16))!r}: write it unencoded"
+            index += 3
+            continue
+        if char not in _PCHAR:
+            return f"character {char!r} in {segment!r} is not allowed in a path segment (RFC 3986 pchar)"
+        index += 1
+    return None
+
+
+_STEP = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)(\[\])?")
+
+
+def _ids(raw: Any, problems: list[str]) -> tuple[IdLocation, ...]:
+    if raw == "none":
+        return ()
+    if not isinstance(raw, list) or not raw:
+        problems.append(f"ids must be 'none' or a non-empty list of locations, got {_kind(raw)}")
+        return ()
+    locations: list[IdLocation] = []
+    for item in raw:
+        location = _location(item, problems)
+        if location is None:
+            continue
+        if location in locations:
+            problems.append(f"duplicate ids location {location.text!r}")
+        locations.append(location)
+    return tuple(locations)
+
+
+def _location(item: Any, problems: list[str]) -> IdLocation | None:
+    if item == "none":
+        problems.append("ids 'none' cannot be combined with other locations")
+    elif item in ("query", "form"):
+        return IdLocation(item, (), item)
+    elif isinstance(item, dict) and list(item) == ["json"]:
+        text = item["json"]
+        if not isinstance(text, str):
+            problems.append(f"json location must be a string, got {_kind(text)}")
+            return None
+        steps = _json_steps(text)
+        if steps is not None:
+            return IdLocation("json", steps, text)
+        hint = f" (write {text[2:]!r})" if text.startswith("$.") else ""
+        problems.append(
+            f"malformed json location {text!r}{hint}: expected '$' or dotted keys, each optionally followed by '[]'"
+        )
+    else:
+        problems.append(f"unknown ids location {item!r} (expected query, form, {{json: LOCATION}} or none)")
+    return None
+
+
+def _json_steps(text: str) -> tuple[JsonStep, ...] | None:
+    if text == "$":
+        return ()
+    steps = []
+    for part in text.split("."):
+        match = _STEP.fullmatch(part)
+        if not match:
+            return None
+        steps.append(JsonStep(match.group(1), match.group(2) is not None))
+    return tuple(steps)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {value!r}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"string {value!r}"
+    return f"{type(value).__name__} {value!r}"
