@@ -63,6 +63,7 @@ class ApiKey:
     enabled: bool
     platform: tuple[PlatformEntry, ...] = ()
     created_at: datetime | None = None
+    last_used: datetime | None = None
 
     @property
     def is_primary(self) -> bool:
