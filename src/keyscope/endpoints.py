@@ -106,9 +106,9 @@ def _parse_text(text: str, source: str) -> list[Endpoint]:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
-        raise EndpointsError(f"{where}: YAML syntax error: {problem}") from None
+        raise EndpointsError(f"{where}: invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
-        raise EndpointsError(f"{source}: YAML error: {' '.join(str(exc).split())}") from None
+        raise EndpointsError(f"{source}: invalid YAML: {' '.join(str(exc).split())}") from None
     lines, key_problems = _inspect_nodes(root)
     return _validate(document, source, lines, key_problems)
 
@@ -249,6 +249,8 @@ def _template_problems(path: str) -> list[str]:
         depth += {"{": 1, "}": -1}.get(char, 0)
         if depth > 1:
             return [f"path {path!r} has nested braces"]
+        if depth and char == "/":
+            return [f"path {path!r}: a parameter must be a whole segment ('/' inside braces)"]
         if depth < 0:
             return [f"path {path!r} has unbalanced braces"]
     if depth:
@@ -358,7 +360,7 @@ def _kind(value: Any) -> str:
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
-        return "a list"
+        return "a list" if value else "an empty list"
     if isinstance(value, str):
         return f"string {value!r}"
     return f"{type(value).__name__} {value!r}"
