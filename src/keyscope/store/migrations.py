@@ -1,0 +1,91 @@
+"""Versioned schema migrations, shared by the SQLite and PostgreSQL stores.
+
+Each migration is applied once, in order, inside the transaction that records it in `schema_version`, so a
+crash mid-migration leaves the previous version intact. The SQL is portable: ids and times are TEXT (times
+in one fixed, sortable ISO-8601 UTC form), booleans INTEGER 0/1, allowed IPs JSON TEXT, secret hashes
+lowercase hex. The few dialect differences are `{placeholders}` filled from `DIALECTS`.
+
+Key entries reference applications and entities *without* ON DELETE CASCADE on purpose: removing an entry
+can leave a key with none, and only the store's cascade may decide that (it disables the key). A delete that
+bypasses it fails on the foreign key instead of quietly turning a linked key into a primary one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# `ident` compares and sorts ids byte-wise on both databases (PostgreSQL's default collation may not).
+DIALECTS: dict[str, dict[str, str]] = {
+    "sqlite": {"ident": "TEXT", "counter": "INTEGER"},
+    "postgresql": {"ident": 'TEXT COLLATE "C"', "counter": "BIGINT"},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+    def sql(self, dialect: str) -> list[str]:
+        names = DIALECTS[dialect]
+        return [statement.format(**names) for statement in self.statements]
+
+
+VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version ("
+    " version INTEGER PRIMARY KEY,"
+    " description TEXT NOT NULL,"
+    " applied_at TEXT NOT NULL)"
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "applications, entities, associations, keys and the revision counter",
+        (
+            "CREATE TABLE meta (name TEXT PRIMARY KEY, value {counter} NOT NULL)",
+            "INSERT INTO meta (name, value) VALUES ('revision', 0)",
+            "CREATE TABLE applications ("
+            " application_id {ident} PRIMARY KEY,"
+            " application_name TEXT)",
+            "CREATE TABLE entities ("
+            " entity_id {ident} PRIMARY KEY,"
+            " entity_name TEXT)",
+            "CREATE TABLE associations ("
+            " resource_type TEXT NOT NULL,"
+            " channel TEXT NOT NULL,"
+            " resource_id TEXT NOT NULL,"
+            " application_id {ident} NOT NULL REFERENCES applications (application_id) ON DELETE CASCADE,"
+            " entity_id {ident} REFERENCES entities (entity_id) ON DELETE CASCADE,"
+            " PRIMARY KEY (resource_type, channel, resource_id))",
+            "CREATE INDEX associations_application ON associations (application_id)",
+            "CREATE INDEX associations_entity ON associations (entity_id)",
+            "CREATE TABLE api_keys ("
+            " id {ident} PRIMARY KEY,"
+            " name TEXT NOT NULL,"
+            " secret_hash TEXT NOT NULL,"
+            " prefix TEXT NOT NULL,"
+            " allowed_ips TEXT NOT NULL,"
+            " valid_from TEXT NOT NULL,"
+            " valid_to TEXT NOT NULL,"
+            " enabled INTEGER NOT NULL CHECK (enabled IN (0, 1)),"
+            " created_at TEXT NOT NULL,"
+            " last_used_at TEXT)",
+            "CREATE UNIQUE INDEX api_keys_secret_hash ON api_keys (secret_hash)",
+            "CREATE TABLE key_entries ("
+            " key_id {ident} NOT NULL REFERENCES api_keys (id) ON DELETE CASCADE,"
+            " position INTEGER NOT NULL,"
+            " entry_key TEXT NOT NULL UNIQUE,"
+            " application_id {ident} REFERENCES applications (application_id),"
+            " entity_id {ident} REFERENCES entities (entity_id),"
+            " action TEXT CHECK (action IN ('FILL', 'FORCE')),"
+            " CHECK (application_id IS NOT NULL OR entity_id IS NOT NULL),"
+            " PRIMARY KEY (key_id, position))",
+            "CREATE INDEX key_entries_application ON key_entries (application_id)",
+            "CREATE INDEX key_entries_entity ON key_entries (entity_id)",
+        ),
+    ),
+)
+
+LATEST = MIGRATIONS[-1].version
