@@ -1,0 +1,202 @@
+"""Step 2 of the request path: who is calling. `Authorization: App <secret>` to a key record, or a 401.
+
+This runs on every request, so the store is asked only on a cache miss: key records are cached by the hash of
+their secret for a few seconds (bounded), unknown secrets are cached as unknown (bounded, separately, so a flood
+of random secrets cannot evict real keys nor reach the store per request), and concurrent misses for one secret
+share a single lookup. Management writes call `invalidate()` so that a change takes effect at once.
+Secrets never leave this module except as their hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cachetools import TTLCache
+
+from .errors import Refusal
+from .keys import hash_secret
+from .models import ApiKey
+from .store.base import Store
+from .types import Scope
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+MAX_SECRET = 512
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    """A key with what every request needs precomputed: its networks and its validity as timestamps."""
+
+    key: ApiKey
+    networks: tuple[IPNetwork, ...]
+    valid_from: float
+    valid_to: float
+
+
+def _refuse(reason: str, detail: str) -> Refusal:
+    return Refusal(401, reason=reason, step="auth", detail=detail)
+
+
+def authorization_header(scope: Scope) -> bytes:
+    """The single Authorization header's value; none or several are refused (several are ambiguous)."""
+    found: bytes | None = None
+    for name, value in scope["headers"]:
+        if len(name) == 13 and name.lower() == b"authorization":
+            if found is not None:
+                raise _refuse("duplicate_authorization", "more than one Authorization header")
+            found = value
+    if found is None:
+        raise _refuse("missing_credentials", "no Authorization header")
+    return found
+
+
+def split_credentials(value: bytes) -> tuple[bytes, bytes]:
+    """`<scheme> <credentials>` with exactly one space; the scheme lowercased."""
+    scheme, space, credentials = value.strip(b" \t").partition(b" ")
+    if not space or not scheme or not credentials:
+        raise _refuse("malformed_authorization", "expected 'Authorization: <scheme> <credentials>'")
+    return scheme.lower(), credentials
+
+
+def _visible_ascii(data: bytes) -> bool:
+    return data.isascii() and all(0x21 <= byte <= 0x7E for byte in data)
+
+
+def app_secret(scope: Scope) -> bytes:
+    """The API key sent as `Authorization: App <secret>` (scheme case-insensitive)."""
+    scheme, secret = split_credentials(authorization_header(scope))
+    if scheme != b"app":
+        raise _refuse("unsupported_scheme", "use 'Authorization: App <API key>'")
+    if len(secret) > MAX_SECRET or not _visible_ascii(secret):
+        raise _refuse("malformed_authorization", "the API key is malformed")
+    return secret
+
+
+def parse_networks(cidrs: Iterable[str]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
+
+
+class KeyAuthenticator:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        ttl: float = 5.0,
+        maxsize: int = 100_000,
+        negative_ttl: float = 5.0,
+        negative_maxsize: int = 100_000,
+        trusted_proxies: Iterable[str] = (),
+    ) -> None:
+        self.store = store
+        self._keys: TTLCache[bytes, _Cached] = TTLCache(maxsize=maxsize, ttl=ttl)
+        self._unknown: TTLCache[bytes, bool] = TTLCache(maxsize=negative_maxsize, ttl=negative_ttl)
+        self._hash_by_id: dict[str, bytes] = {}
+        self._inflight: dict[bytes, asyncio.Task[_Cached | None]] = {}
+        self._generation = 0
+        self._trusted = parse_networks(trusted_proxies)
+
+    async def authenticate(self, scope: Scope) -> ApiKey:
+        """The calling key, or Refusal(401). StoreUnavailable propagates: the caller answers 503."""
+        secret_hash = hash_secret(app_secret(scope))
+        cached = self._keys.get(secret_hash)
+        if cached is None:
+            if secret_hash in self._unknown:
+                raise _refuse("unknown_key", "the API key is not known")
+            cached = await self._lookup(secret_hash)
+            if cached is None:
+                raise _refuse("unknown_key", "the API key is not known")
+        key = cached.key
+        if not key.enabled:
+            raise _refuse("key_disabled", "the API key is disabled")
+        now = time.time()
+        if now < cached.valid_from:
+            raise _refuse("key_not_yet_valid", "the API key is not valid yet")
+        if now >= cached.valid_to:
+            raise _refuse("key_expired", "the API key has expired")
+        if cached.networks:
+            client = self.client_address(scope)
+            if client is None or not any(client in network for network in cached.networks):
+                raise _refuse("ip_not_allowed", "the API key may not be used from this address")
+        return key
+
+    def client_address(self, scope: Scope) -> IPAddress | None:
+        """The peer, or the right-most X-Forwarded-For address that is not a trusted proxy when the peer is
+        one. None when it cannot be told, which fails every allowedIPs check."""
+        peer = _address(scope["client"][0]) if scope.get("client") else None
+        if peer is None or not self._trusted or not self._is_trusted(peer):
+            return peer
+        forwarded = [
+            part.strip()
+            for name, value in scope["headers"]
+            if name.lower() == b"x-forwarded-for"
+            for part in value.split(b",")
+        ]
+        for raw in reversed(forwarded):
+            address = _address(raw.decode("latin-1"))
+            if address is None:
+                return None
+            if not self._is_trusted(address):
+                return address
+        return peer if not forwarded else _address(forwarded[0].decode("latin-1"))
+
+    def _is_trusted(self, address: IPAddress) -> bool:
+        return any(address in network for network in self._trusted)
+
+    def invalidate(self, key_id: str | None = None) -> None:
+        """Drop one key's cached record, or everything (None) including unknown secrets and lookups in flight."""
+        self._generation += 1
+        self._inflight.clear()
+        if key_id is None:
+            self._keys.clear()
+            self._unknown.clear()
+            self._hash_by_id.clear()
+            return
+        secret_hash = self._hash_by_id.pop(key_id, None)
+        if secret_hash is not None:
+            self._keys.pop(secret_hash, None)
+
+    async def _lookup(self, secret_hash: bytes) -> _Cached | None:
+        task = self._inflight.get(secret_hash)
+        if task is None:
+            task = asyncio.ensure_future(self._load(secret_hash, self._generation))
+            self._inflight[secret_hash] = task
+            task.add_done_callback(lambda done: self._finished(secret_hash, done))
+        return await asyncio.shield(task)
+
+    def _finished(self, secret_hash: bytes, task: asyncio.Task[_Cached | None]) -> None:
+        if self._inflight.get(secret_hash) is task:
+            del self._inflight[secret_hash]
+        if not task.cancelled():
+            task.exception()  # retrieved here so that a lookup nobody awaits any more is not reported
+
+    async def _load(self, secret_hash: bytes, generation: int) -> _Cached | None:
+        key = await self.store.find_key_by_hash(secret_hash)
+        cached = None if key is None else _prepare(key)
+        if generation == self._generation:  # an invalidate() while we waited makes this answer stale
+            if cached is None:
+                self._unknown[secret_hash] = True
+            else:
+                self._keys[secret_hash] = cached
+                self._hash_by_id[cached.key.id] = secret_hash
+        return cached
+
+
+def _prepare(key: ApiKey) -> _Cached:
+    return _Cached(key, parse_networks(key.allowed_ips), key.valid_from.timestamp(), key.valid_to.timestamp())
+
+
+def _address(text: str) -> IPAddress | None:
+    """An IPv4 peer seen through an IPv6 socket (`::ffff:a.b.c.d`) is compared as the IPv4 address it is."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
