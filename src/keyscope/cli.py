@@ -41,9 +41,10 @@ class Answer:
 class Refused(Exception):
     """The API answered with an error: the CLI prints its text and exits 1."""
 
-    def __init__(self, answer: Answer) -> None:
+    def __init__(self, answer: Answer, hint: str | None = None) -> None:
         super().__init__(answer.status)
         self.answer = answer
+        self.hint = hint
 
 
 class StoreProblem(Exception):
@@ -78,6 +79,12 @@ class Api:
         return answer.body
 
 
+def refused_fields(answer: Answer) -> set[str]:
+    body = answer.body if isinstance(answer.body, dict) else {}
+    exception = (body.get("requestError") or {}).get("serviceException") or {}
+    return {*(exception.get("validationErrors") or {}), *(v.get("property") for v in body.get("violations") or [])}
+
+
 def error_lines(answer: Answer) -> list[str]:
     """The API's own error text, in either family: a headline, then one `field: message` line per field."""
     body = answer.body
@@ -96,7 +103,7 @@ def error_lines(answer: Answer) -> list[str]:
                 fields.append(f"{violation.get('property')}: {violation.get('violation')}")
     elif isinstance(body, str) and body.strip():
         headline = f"{body.strip()} (HTTP {answer.status})"
-    return [f"error: {headline}", *(f"  {line}" for line in fields)]
+    return [f"keyscope: refused: {headline}", *(f"  {line}" for line in fields)]
 
 
 # text for people ------------------------------------------------------------------------------------
@@ -370,7 +377,12 @@ async def key_enable(api: Api, args: argparse.Namespace) -> None:
         body["platform"] = []
     elif args.link is not None:
         body["platform"] = args.link
-    await key_put(api, args, body, "enabled")
+    try:
+        await key_put(api, args, body, "enabled")
+    except Refused as refusal:
+        if "platform" in body or "platform" not in refused_fields(refusal.answer):
+            raise
+        raise Refused(refusal.answer, "give --primary for a primary key, or --link for a linked one") from None
 
 
 async def key_delete(api: Api, args: argparse.Namespace) -> None:
@@ -525,8 +537,10 @@ async def open_store(url: str) -> Store:
     shown = redact(url)
     try:
         store = store_from_url(url)
-    except (ValueError, ImportError) as exc:
+    except ValueError as exc:
         raise StoreProblem(one_line(str(exc).replace(url, shown))) from None
+    except ImportError as exc:
+        raise StoreProblem(f"cannot use store {shown}: {one_line(str(exc))}") from None
     try:
         await store.open()
     except StoreError as exc:
@@ -574,6 +588,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Refused as exc:
         print("\n".join(error_lines(exc.answer)), file=sys.stderr)
+        if exc.hint:
+            print(f"keyscope: hint: {exc.hint}", file=sys.stderr)
         return 1
     return 0
 
