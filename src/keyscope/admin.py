@@ -336,7 +336,7 @@ class AdminApp:
             valid_from=draft.valid_from,
             valid_to=draft.valid_to,
             enabled=draft.enabled,
-            platform=tuple(PlatformEntry("", entry.application_id, entry.entity_id, entry.action) for entry in draft.platform),
+            platform=tuple(PlatformEntry("", link.application_id, link.entity_id, link.action) for link in draft.platform),
             created_at=now,
         )
         stored = await _store(self.store.create_key(key))
@@ -370,7 +370,8 @@ async def _store(operation: Awaitable[Any], *, missing_status: int = 400) -> Any
         raise Refusal(409, reason="conflict", step="admin", detail=str(exc)) from None
     except MissingReference as exc:
         detail = f"{exc.ident!r} does not exist"
-        raise Refusal(missing_status, reason="missing_reference", step="admin", field=exc.field, detail=detail) from None
+        reason = "missing_reference"
+        raise Refusal(missing_status, reason=reason, step="admin", field=exc.field, detail=detail) from None
     except Protected as exc:
         raise Refusal(400, reason="protected", step="admin", field="applicationId", detail=str(exc)) from None
 

@@ -452,7 +452,7 @@ def render_key_page(page: Page[ApiKey]) -> dict[str, Any]:
             "page": page.page,
             "pageSize": page.size,
             "orderDirection": page.extra.get("orderDirection", "ASC"),
-            "orderBy": page.extra.get("orderBy", "createdAt"),
+            "orderBy": page.extra.get("orderBy", "id"),
             "totalCount": page.total,
             "totalPages": page.total_pages,
         },
