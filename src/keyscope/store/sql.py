@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Protocol
 
 from ..keys import new_entry_key
@@ -117,13 +118,19 @@ def _keys_from_rows(rows: list[Row]) -> list[ApiKey]:
     return keys
 
 
+@lru_cache(maxsize=4096)
+def _allowed_ips(text: str) -> tuple[str, ...]:
+    """Most keys share a handful of IP lists: parse each once (it is on the lookup path)."""
+    return tuple(json.loads(text))
+
+
 def _key(row: Row, entries: list[PlatformEntry]) -> ApiKey:
     return ApiKey(
         id=row[0],
         name=row[1],
         secret_hash=bytes.fromhex(row[2]),
         prefix=row[3],
-        allowed_ips=tuple(json.loads(row[4])),
+        allowed_ips=_allowed_ips(row[4]),
         valid_from=datetime.fromisoformat(row[5]),
         valid_to=datetime.fromisoformat(row[6]),
         enabled=bool(row[7]),

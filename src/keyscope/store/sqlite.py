@@ -21,6 +21,8 @@ from .sql import Args, ForeignKeyViolation, Row, SQLStore, UniqueViolation
 
 T = TypeVar("T")
 
+_MMAP_BYTES = 1 << 30
+_CACHE_KIB = 64 * 1024
 _UNIQUE = {"SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"}
 
 
@@ -103,6 +105,10 @@ class SQLiteStore(SQLStore):
                 conn.execute("PRAGMA synchronous = NORMAL")
                 if query_only:
                     conn.execute("PRAGMA query_only = ON")
+                    # Lookups hit random keys: map the file and keep a large page cache, so that a lookup
+                    # costs no read() system calls once the pages are warm.
+                    conn.execute(f"PRAGMA mmap_size = {_MMAP_BYTES}")
+                    conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
             except BaseException:
                 conn.close()
                 raise
