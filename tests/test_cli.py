@@ -319,3 +319,24 @@ def test_unusable_store_is_one_clear_line(url: str, says: str) -> None:
     assert result.stdout == ""
     assert len(result.stderr.splitlines()) == 1 and says in result.stderr
     assert "hunter2" not in result.stderr
+
+
+# serve -------------------------------------------------------------------------------------------------
+
+
+def test_serve_is_registered_and_sees_the_global_store_option() -> None:
+    # `serve` checks its store before starting anything: the --store given before the command reaches it
+    result = run_keyscope("--store", "mysql://nowhere/db", "serve", "--upstream", "http://127.0.0.1:9")
+    assert result.returncode == 2
+    assert result.stderr.startswith("keyscope serve: unsupported store URL 'mysql://nowhere/db'")
+
+
+def test_management_commands_do_not_load_the_gateway(db_url: str) -> None:
+    code = (
+        "import sys\n"
+        "from keyscope.cli import main\n"
+        f"status = main(['apps', 'list', '--store', {db_url!r}])\n"
+        "print(status, [m for m in ('keyscope.server', 'uvicorn', 'aiohttp') if m in sys.modules])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.splitlines()[-1] == "0 []", result.stderr

@@ -403,7 +403,8 @@ JSON_HELP = "print exactly the JSON the HTTP API answers"
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     # Leaf parsers repeat --store/--json with SUPPRESS defaults, so the options work before or after the
-    # command without a leaf's default overwriting a value given earlier.
+    # command without a leaf's default overwriting a value given earlier. The global --store has its own
+    # dest because `serve` defines a --store whose default would overwrite it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", metavar="URL", default=argparse.SUPPRESS, help=STORE_HELP)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=JSON_HELP)
@@ -411,7 +412,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         prog="keyscope",
         description="Manage keyscope's applications, entities, resource associations and API keys.",
     )
-    parser.add_argument("--store", metavar="URL", default=None, help=STORE_HELP)
+    parser.add_argument("--store", metavar="URL", dest="global_store", default=None, help=STORE_HELP)
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
 
@@ -556,7 +557,7 @@ def one_line(message: str) -> str:
 
 
 async def run(args: argparse.Namespace) -> None:
-    url = args.store or os.environ.get("KEYSCOPE_STORE") or DEFAULT_STORE
+    url = getattr(args, "store", None) or args.global_store or os.environ.get("KEYSCOPE_STORE") or DEFAULT_STORE
     store = await open_store(url)
     try:
         token = secrets.token_urlsafe(32)
@@ -579,7 +580,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"keyscope: error: {exc}", file=sys.stderr)
         return 2
-    if getattr(args, "command", None) is None:
+    if getattr(args, "command", None) is None:  # a command from another module: `serve`
+        if getattr(args, "store", None) is None:
+            args.store = args.global_store
         return int(args.run(args))
     try:
         asyncio.run(run(args))
