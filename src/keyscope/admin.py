@@ -336,7 +336,7 @@ class AdminApp:
             valid_from=draft.valid_from,
             valid_to=draft.valid_to,
             enabled=draft.enabled,
-            platform=tuple(PlatformEntry("", link.application_id, link.entity_id, link.action) for link in draft.platform),
+            platform=tuple(PlatformEntry("", e.application_id, e.entity_id, e.action) for e in draft.platform),
             created_at=now,
         )
         stored = await _store(self.store.create_key(key))
