@@ -1,0 +1,219 @@
+"""Step 1: refuse every request target that is not already canonical.
+
+keyscope never normalises a target: what the matcher sees is byte-for-byte what the backend gets, so a path
+that a backend could read differently from us (`/a/../b`, `/a%2Fb`, `//a`, `/a;x=y`) is refused with 400 for
+every caller. API clients send canonical targets, so this is Envoy's REJECT_REQUEST policy, not a rewrite.
+
+A path is accepted when it is `/` or a run of `/segment` (an optional trailing `/` is allowed: it is simply
+another path, and unlisted) where each segment is made of RFC 3986 pchars other than `;`, and each
+percent-escape names a byte that must stay encoded: never an unreserved character (`%41`, `%2E`: the
+canonical form is the character), never `/` `\\` NUL `%` (split views), never a control byte, never `;` `?`
+`#` (Traefik's defaults), and the escaped bytes form valid UTF-8 (`%c0%af` is an overlong `/`). `%25` is
+refused, as Traefik does: a backend that decodes twice turns `%252F` into `/`. Both hex cases are accepted.
+
+The query string may hold any visible ASCII except `#`, with well-formed escapes; `;` in it is scope's
+business (it refuses a raw `;` where ids are read).
+
+Headers that make a backend see another method or path are refused, in any case and with `_` for `-`:
+method overrides, `X-Original-URL`/`X-Rewrite-URL`/`X-Original-URI`, both Content-Length and
+Transfer-Encoding, more than one Content-Length, Host, Content-Type or Content-Encoding (scope decides how to
+read a body by the last two).
+
+Reason codes (`Refusal.reason`, all with status 400 and step "canonical"):
+    absolute_form          the target does not start with `/` (absolute-, authority- or asterisk-form)
+    bad_method             the method is not an upper-case token
+    too_long               path and query together exceed MAX_TARGET bytes
+    empty_segment          `//` in the path
+    dot_segment            a `.` or `..` segment
+    backslash              a raw `\\` in the path
+    semicolon              a raw `;` in the path (path parameters)
+    fragment               a `#` in the path or the query
+    control_char           a control byte or space, in the path or the query
+    non_ascii              a byte above 0x7E, in the path or the query
+    bad_char               another character that is not an RFC 3986 path character
+    bad_escape             `%` not followed by two hex digits, in the path or the query
+    encoded_slash          `%2F`
+    encoded_backslash      `%5C`
+    encoded_nul            `%00`
+    encoded_percent        `%25`
+    encoded_control        an escaped control byte other than NUL
+    encoded_delimiter      `%3B`, `%3F` or `%23`
+    encoded_unreserved     an escaped letter, digit or `-._~` (the canonical form is the character)
+    invalid_utf8           escaped bytes that are not valid UTF-8
+    method_override        X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override
+    rewrite_header         X-Original-URL, X-Rewrite-URL, X-Original-URI
+    content_length_and_transfer_encoding
+    duplicate_content_length, duplicate_host, duplicate_content_type, duplicate_content_encoding
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import Refusal
+
+MAX_TARGET = 8192
+
+# The whole accepted path grammar, so the common case is one fullmatch.
+_PCHAR = rb"[A-Za-z0-9\-._~!$&'()*+,=:@]"
+_STAY_ENCODED = b" !\"$&'()*+,:<=>@[]^`{|}" + bytes(range(0x80, 0x100))
+
+
+def _escape_pattern(values: bytes) -> bytes:
+    """A regex for `%XX` (either hex case) naming exactly one of `values`."""
+    by_high: dict[int, set[str]] = {}
+    for value in values:
+        by_high.setdefault(value >> 4, set()).add(f"{value & 15:X}")
+    alternatives = []
+    for high, lows in sorted(by_high.items()):
+        highs = "".join(sorted({f"{high:X}", f"{high:x}"}))
+        digits = "".join(sorted(lows | {low.lower() for low in lows}))
+        alternatives.append(f"[{highs}][{digits}]")
+    return ("%(?:" + "|".join(alternatives) + ")").encode()
+
+
+_GOOD_ESCAPE = _escape_pattern(_STAY_ENCODED)
+_SEGMENT = rb"(?!\.\.?(?:/|$))(?:" + _PCHAR + rb"|" + _GOOD_ESCAPE + rb")+"
+_PATH = re.compile(rb"/|(?:/" + _SEGMENT + rb")+/?")
+_DOT_SEGMENT = re.compile(rb"(?:^|/)(?:\.|%2[eE]){1,2}(?:/|$)")
+_PATH_CHAR = re.compile(_PCHAR + rb"|/")
+_HEX = frozenset(b"0123456789ABCDEFabcdef")
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_ESCAPED = {0x2F: "encoded_slash", 0x5C: "encoded_backslash", 0x00: "encoded_nul", 0x25: "encoded_percent"}
+_DELIMITERS = frozenset(b";?#")
+_HIGH_ESCAPE = re.compile(rb"%[89A-Fa-f]")
+
+_QUERY_BAD = re.compile(rb"[^\x21-\x7e]|#|%(?![0-9A-Fa-f]{2})")
+_METHOD = re.compile(rb"[A-Z]+")
+
+_FORBIDDEN_HEADERS = {
+    b"x-http-method-override": "method_override",
+    b"x-http-method": "method_override",
+    b"x-method-override": "method_override",
+    b"x-original-url": "rewrite_header",
+    b"x-rewrite-url": "rewrite_header",
+    b"x-original-uri": "rewrite_header",
+}
+_COUNTED = {
+    b"content-length": "duplicate_content_length",
+    b"host": "duplicate_host",
+    b"content-type": "duplicate_content_type",
+    b"content-encoding": "duplicate_content_encoding",
+    b"transfer-encoding": "",
+}
+
+
+def check(method: bytes | str, raw_path: bytes, query_string: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    """Return if the request target and its framing headers are canonical; raise Refusal(400) otherwise."""
+    if isinstance(method, str):
+        method = method.encode("latin-1")
+    if not _METHOD.fullmatch(method):
+        _refuse("bad_method", "method", "The method must be an upper-case token.")
+    if not raw_path.startswith(b"/"):
+        _refuse("absolute_form", "path", "The request target must be a path starting with '/'.")
+    if len(raw_path) + len(query_string) > MAX_TARGET:
+        _refuse("too_long", "path", f"The request target is longer than {MAX_TARGET} bytes.")
+    if not _PATH.fullmatch(raw_path):
+        _refuse_path(raw_path)
+    if b"%" in raw_path and _HIGH_ESCAPE.search(raw_path):
+        _check_utf8(raw_path)
+    if query_string:
+        bad = _QUERY_BAD.search(query_string)
+        if bad:
+            _refuse_query(bad.group())
+    _check_headers(headers)
+
+
+def _refuse(reason: str, field: str, detail: str) -> None:
+    raise Refusal(400, reason=reason, step="canonical", field=field, detail=detail)
+
+
+def _refuse_path(path: bytes) -> None:
+    """Name the first thing wrong with a path the grammar rejected (only refusals take this slow path)."""
+    if b"//" in path:
+        _refuse("empty_segment", "path", "The path contains an empty segment ('//').")
+    if _DOT_SEGMENT.search(path):
+        _refuse("dot_segment", "path", "The path contains a '.' or '..' segment.")
+    i, n = 0, len(path)
+    while i < n:
+        byte = path[i]
+        if byte == 0x25:
+            _check_escape(path[i + 1 : i + 3])
+            i += 3
+            continue
+        if not _PATH_CHAR.fullmatch(path, i, i + 1):
+            _refuse_char(byte, "path")
+        i += 1
+    # Every character is allowed, so what is left is a segment the grammar refused.
+    _refuse("dot_segment", "path", "The path contains a '.' or '..' segment.")
+
+
+def _refuse_char(byte: int, field: str) -> None:
+    if byte == 0x5C:
+        _refuse("backslash", field, "The path contains a backslash.")
+    if byte == 0x3B:
+        _refuse("semicolon", field, "The path contains ';' (path parameters are not accepted).")
+    if byte == 0x23:
+        _refuse("fragment", field, f"The {field} contains '#'.")
+    if byte < 0x21 or byte == 0x7F:
+        _refuse("control_char", field, f"The {field} contains a control character or space.")
+    if byte > 0x7F:
+        _refuse("non_ascii", field, f"The {field} contains a non-ASCII byte; percent-encode it.")
+    _refuse("bad_char", field, f"The {field} contains {chr(byte)!r}; percent-encode it.")
+
+
+def _check_escape(hex_digits: bytes) -> None:
+    if len(hex_digits) != 2 or hex_digits[0] not in _HEX or hex_digits[1] not in _HEX:
+        _refuse("bad_escape", "path", "The path contains a malformed percent-escape.")
+    value = int(hex_digits, 16)
+    if value in _ESCAPED:
+        _refuse(_ESCAPED[value], "path", f"The path contains an encoded {chr(value)!r} (%{hex_digits.decode()}).")
+    if value < 0x20 or value == 0x7F:
+        _refuse("encoded_control", "path", "The path contains an encoded control character.")
+    if value in _DELIMITERS:
+        _refuse("encoded_delimiter", "path", f"The path contains an encoded {chr(value)!r}.")
+    if value in _UNRESERVED:
+        _refuse("encoded_unreserved", "path", f"The path encodes {chr(value)!r}; send the character itself.")
+
+
+def _check_utf8(path: bytes) -> None:
+    data = bytearray()
+    for part in path.split(b"%")[1:]:
+        # An ASCII byte ends any multi-byte sequence, as it does in the decoded path.
+        data.append(int(part[:2], 16) if part[0] in b"89ABCDEFabcdef" else 0x2F)
+        if len(part) > 2:
+            data.append(0x2F)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        _refuse("invalid_utf8", "path", "The path's percent-escapes are not valid UTF-8.")
+
+
+def _refuse_query(bad: bytes) -> None:
+    if bad == b"%":
+        _refuse("bad_escape", "query", "The query string contains a malformed percent-escape.")
+    _refuse_char(bad[0], "query")
+
+
+def _check_headers(headers: list[tuple[bytes, bytes]]) -> None:
+    seen: dict[bytes, int] = {}
+    for name, _ in headers:
+        name = name.lower()
+        if b"_" in name:
+            name = name.replace(b"_", b"-")
+        reason = _FORBIDDEN_HEADERS.get(name)
+        if reason is not None:
+            _refuse(reason, name.decode("latin-1"), "This header would make the backend see another method or path.")
+        if name in _COUNTED:
+            seen[name] = seen.get(name, 0) + 1
+    if not seen:
+        return
+    if b"content-length" in seen and b"transfer-encoding" in seen:
+        _refuse(
+            "content_length_and_transfer_encoding",
+            "content-length",
+            "A request must not carry both Content-Length and Transfer-Encoding.",
+        )
+    for name, count in seen.items():
+        if count > 1 and _COUNTED[name]:
+            _refuse(_COUNTED[name], name.decode("latin-1"), f"The request carries more than one {name.decode()} header.")

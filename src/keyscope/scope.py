@@ -1,0 +1,375 @@
+"""Steps 4-5: collect every applicationId/entityId a request carries, check them against a key's entries, FILL/FORCE.
+
+Collecting. Ids are read wherever a backend could read one: the query string, a JSON body at any depth,
+urlencoded and multipart form fields; names are compared case-insensitively (`ApplicationID` counts).
+Ambiguity is 400 for every key, primary keys included, because step 5 checks the ids of primary keys too
+and needs one reading of the request: a raw `;` in the query or form, a malformed escape, an id name twice
+in the query, a form or one JSON object (in any case), `applicationId[]`, a duplicate key in any JSON
+object, NaN/Infinity, an out-of-range number, invalid UTF-8, a BOM, trailing data, nesting deeper than 64,
+a lone surrogate, an id that is neither a string nor null (null counts as missing), a malformed multipart
+body. A linked key's body that keyscope does not read (another content type, a charset other than UTF-8,
+any Content-Encoding, XML, a multipart part with a transfer encoding) is 415; a primary key's is forwarded
+untouched and only its query ids are collected.
+
+Places. Each JSON object holding an id key, the query string and the form is a place. A place is permitted
+by an entry when every id it names equals that entry's id of the same kind (a kind the entry leaves unset is
+unconstrained). One place no entry permits refuses the request: 403 `id_out_of_scope`.
+
+Declared locations (the endpoint's `ids`). There, a kind an entry sets is also required: an entry permits a
+declared place only if the place names that kind. If no entry does, the key's action entry decides: FILL
+writes the missing ids there (creating `options`/`platform` objects, appending `&applicationId=` to a query,
+adding a multipart part), otherwise 403 `id_missing`. FORCE first overwrites the ids at every declared
+place with its own, whatever they were. Ids found elsewhere are checked all the same. An id at a declared
+location must be spelt exactly (`applicationId`), because a case-sensitive backend would not see
+`ApplicationID` there and would act outside the scope: 400 `id_name_case`. A linked key's request must
+present at least one declared place (a batch with no messages is 403 `id_missing`); an absent array, such as
+the metrics `filterBy.platforms[]`, is no place. `ids: none` endpoints have no declared places.
+
+Rewriting. A JSON body FILL/FORCE changed is re-serialised compactly, key order kept, numbers as Python
+writes them (exact for every double); an unchanged request keeps its original bytes (the same objects).
+
+Reasons: 400 semicolon, bad_escape, duplicate_id, id_array, invalid_utf8, id_not_string, duplicate_key,
+non_finite_number, number_out_of_range, bom, trailing_data, invalid_json, too_deep, lone_surrogate,
+bad_multipart, bad_location (a declared location holds a non-object), id_name_case; 403 not_allowlisted
+(a linked key without an endpoint), id_out_of_scope, id_missing; 415 uninspectable_body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from . import scope_json
+from .endpoints import Endpoint, IdLocation
+from .models import ApiKey, PlatformEntry
+from .scope_form import (
+    KINDS,
+    Part,
+    Query,
+    Uninspectable,
+    id_fields,
+    media_type,
+    multipart_fields,
+    parse_multipart,
+    parse_query,
+    refuse,
+    set_multipart,
+    set_params,
+)
+
+__all__ = ["Decision", "Place", "Query", "inspect", "needs_body", "parse_query"]
+
+_JSON_TYPES = frozenset({"application/json", "text/json"})
+_UTF8 = (b"utf-8", b"utf8", b"us-ascii")
+
+
+class Place(NamedTuple):
+    """For the explainer: where ids were found (`query`, `form`, `$.messages[0]`), which, and who permitted them."""
+
+    where: str
+    ids: dict[str, str | None]
+    entry: PlatformEntry | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    query: bytes
+    body: bytes
+    changed: bool
+    entry: PlatformEntry | None
+    application_ids: frozenset[str]
+    entity_ids: frozenset[str]
+    places: list[Place]
+
+
+@dataclass(slots=True, eq=False)
+class _Slot:
+    """A place being decided: its ids, how to write ids into it (None: it cannot be written), who permits it."""
+
+    where: str
+    ids: dict[str, str | None]
+    names: dict[str, str]
+    write: Callable[[dict[str, str]], None] | None
+    entries: list[PlatformEntry] = field(default_factory=list)
+
+    def field(self, name: str) -> str:
+        return name if self.where in ("$", "query", "form") else f"{self.where[2:]}.{name}"
+
+
+class _Body(NamedTuple):
+    kind: str  # "none", "json", "form", "multipart" or "opaque"
+    boundary: bytes = b""
+
+
+def _body_kind(content_type: bytes | None, content_encoding: bytes | None, body: bytes) -> _Body:
+    if not body:
+        return _Body("none")
+    if content_encoding is not None and content_encoding.strip() or content_type is None:
+        return _Body("opaque")
+    try:
+        mime, params = media_type(content_type)
+    except Uninspectable:
+        return _Body("opaque")
+    charset = params.get("charset", b"utf-8").lower()
+    if mime in _JSON_TYPES or mime.endswith("+json"):
+        return _Body("json" if charset in _UTF8 else "opaque")
+    if mime == "application/x-www-form-urlencoded":
+        return _Body("form" if charset in _UTF8 else "opaque")
+    if mime == "multipart/form-data" and params.get("boundary"):
+        return _Body("multipart", params["boundary"])
+    return _Body("opaque")
+
+
+def needs_body(
+    endpoint: Endpoint | None, key: ApiKey, content_type: bytes | None, content_encoding: bytes | None = None
+) -> bool:
+    """Whether the gateway must buffer the body for inspect(); otherwise it may stream it untouched."""
+    if key.platform:
+        return True
+    return _body_kind(content_type, content_encoding, b"-").kind != "opaque"
+
+
+def inspect(
+    endpoint: Endpoint | None,
+    key: ApiKey,
+    *,
+    query: bytes,
+    content_type: bytes | None,
+    content_encoding: bytes | None,
+    body: bytes,
+) -> Decision:
+    """Collect the request's ids; for a linked key also check, FILL or FORCE them. Raises Refusal."""
+    linked = bool(key.platform)
+    if linked and endpoint is None:
+        raise refuse(403, "not_allowlisted", None, "This key may not call this endpoint.")
+    request = _Request(query, body)
+    request.read_query()
+    request.read_body(_body_kind(content_type, content_encoding, body), linked)
+    if not linked:
+        return request.decision(None)
+    assert endpoint is not None
+    _Check(key.platform, request).run(endpoint.ids)
+    return request.decision(_entry_of(request.slots, key.platform))
+
+
+class _Request:
+    """The request's places, and the pending rewrites of its query and body."""
+
+    def __init__(self, query: bytes, body: bytes) -> None:
+        self.query = query
+        self.body = body
+        self.params: Query = []
+        self.query_slot: _Slot | None = None
+        self.form_slot: _Slot | None = None
+        self.doc: Any = None
+        self.json_slots: dict[int, _Slot] = {}
+        self.slots: list[_Slot] = []
+        self.parts: list[Part] = []
+        self.body_kind = _Body("none")
+        self.body_changed = False
+        self.query_changed = False
+
+    def read_query(self) -> None:
+        self.params = parse_query(self.query) if self.query else []
+        ids, names = id_fields([(p.name, p.value) for p in self.params], "query string")
+        self.query_slot = _Slot("query", ids, names, self._write_query)
+
+    def _write_query(self, values: dict[str, str]) -> None:
+        rebuilt = set_params(self.params, values)
+        if rebuilt is not None:
+            self.query, self.query_changed = rebuilt, True
+            self.params = parse_query(rebuilt)
+
+    def read_body(self, body_kind: _Body, linked: bool) -> None:
+        self.body_kind = body_kind
+        if body_kind.kind == "opaque" and linked:
+            raise refuse(415, "uninspectable_body", None, "keyscope reads only uncompressed UTF-8 JSON and forms.")
+        try:
+            if body_kind.kind == "json":
+                self.doc = scope_json.parse(self.body)
+                for found in scope_json.find(self.doc):
+                    self.json_slots[id(found.obj)] = _Slot(found.where, found.ids, found.names, _json_writer(self, found.obj))
+            elif body_kind.kind == "form":
+                params = parse_query(self.body, "form")
+                ids, names = id_fields([(p.name, p.value) for p in params], "form")
+                self.form_slot = _Slot("form", ids, names, self._form_writer(params))
+            elif body_kind.kind == "multipart":
+                self.parts = parse_multipart(self.body, body_kind.boundary)
+                ids, names = id_fields(multipart_fields(self.parts), "form")
+                self.form_slot = _Slot("form", ids, names, self._write_multipart)
+        except Uninspectable as exc:
+            if linked:
+                raise refuse(415, "uninspectable_body", None, f"keyscope cannot read this body: {exc}.") from None
+            self.body_kind = _Body("opaque")
+
+    def _form_writer(self, params: Query) -> Callable[[dict[str, str]], None]:
+        def write(values: dict[str, str]) -> None:
+            rebuilt = set_params(params, values)
+            if rebuilt is not None:
+                self.body, self.body_changed = rebuilt, True
+                params[:] = parse_query(rebuilt, "form")
+
+        return write
+
+    def _write_multipart(self, values: dict[str, str]) -> None:
+        try:
+            rebuilt = set_multipart(self.body, self.body_kind.boundary, self.parts, values)
+        except Uninspectable as exc:
+            raise refuse(415, "uninspectable_body", None, f"keyscope cannot rewrite this body: {exc}.") from None
+        if rebuilt is not None:
+            self.body, self.body_changed = rebuilt, True
+            self.parts = parse_multipart(rebuilt, self.body_kind.boundary)
+
+    def all_slots(self) -> list[_Slot]:
+        """Every place that names an id, plus the declared places the check added."""
+        named = [self.query_slot, self.form_slot, *self.json_slots.values()]
+        seen = {id(slot) for slot in self.slots}
+        return self.slots + [s for s in named if s is not None and s.ids and id(s) not in seen]
+
+    def decision(self, entry: PlatformEntry | None) -> Decision:
+        if self.body_changed and self.body_kind.kind == "json":
+            self.body = scope_json.dump(self.doc)
+        slots = self.all_slots()
+        applications = frozenset(s.ids["applicationId"] for s in slots if s.ids.get("applicationId") is not None)
+        entities = frozenset(s.ids["entityId"] for s in slots if s.ids.get("entityId") is not None)
+        places = [Place(s.where, dict(s.ids), s.entries[0] if s.entries else None) for s in slots]
+        changed = self.body_changed or self.query_changed
+        return Decision(self.query, self.body, changed, entry, applications, entities, places)
+
+
+def _json_writer(request: _Request, obj: dict[str, Any]) -> Callable[[dict[str, str]], None]:
+    def write(values: dict[str, str]) -> None:
+        for kind, value in values.items():
+            if obj.get(kind) != value:
+                obj[kind] = value
+                request.body_changed = True
+
+    return write
+
+
+class _Check:
+    """A linked key's decision over the request's places; raises the first Refusal."""
+
+    def __init__(self, entries: tuple[PlatformEntry, ...], request: _Request) -> None:
+        self.entries = entries
+        self.request = request
+        self.action = next((entry for entry in entries if entry.action), None)
+
+    def run(self, locations: tuple[IdLocation, ...]) -> None:
+        request = self.request
+        for location in locations:
+            for slot in self._declared(location):
+                if all(slot is not other for other in request.slots):
+                    request.slots.append(slot)
+        if locations and not request.slots:
+            raise refuse(403, "id_missing", locations[0].text or None, "The request names no place for its ids.")
+        for slot in request.slots:
+            self._decide_declared(slot)
+        declared = len(request.slots)
+        request.slots = request.all_slots()
+        for slot in request.slots[declared:]:
+            self._decide_elsewhere(slot)
+
+    def _declared(self, location: IdLocation) -> list[_Slot]:
+        request = self.request
+        if location.kind == "query":
+            assert request.query_slot is not None
+            return [request.query_slot]
+        if location.kind == "form":
+            return [request.form_slot or _Slot("form", {}, {}, None)]
+        if request.doc is None:
+            return [_Slot("$." + location.text if location.path else "$", {}, {}, None)]
+        slots = []
+        for target in scope_json.resolve(request.doc, location.path):
+            existing = request.json_slots.get(id(target.obj)) if target.obj is not None else None
+            if existing is None:
+                existing = _Slot(scope_json.where(target.path), {}, {}, _target_writer(request, target))
+            slots.append(existing)
+        return slots
+
+    def _decide_declared(self, slot: _Slot) -> None:
+        for kind, name in slot.names.items():
+            if name != kind:
+                raise refuse(400, "id_name_case", slot.field(name), f"Write {kind} exactly as {kind!r} here.")
+        action = self.action
+        if action is not None and action.action == "FORCE" and slot.write is not None:
+            self._write(slot, _ids_of(action))
+        slot.entries = [entry for entry in self.entries if _requires(entry, slot.ids)]
+        if not slot.entries and action is not None and action.action == "FILL" and slot.write is not None:
+            if _allows(action, slot.ids):
+                self._write(slot, {k: v for k, v in _ids_of(action).items() if slot.ids.get(k) is None})
+                slot.entries = [entry for entry in self.entries if _requires(entry, slot.ids)]
+        if slot.entries:
+            return
+        agreeing = next((entry for entry in self.entries if _allows(entry, slot.ids)), None)
+        if agreeing is None:
+            raise self._out_of_scope(slot)
+        kind = next(k for k, v in _ids_of(agreeing).items() if slot.ids.get(k) is None)
+        raise refuse(403, "id_missing", slot.field(kind), f"This key's requests must name their {kind} here.")
+
+    def _decide_elsewhere(self, slot: _Slot) -> None:
+        slot.entries = [entry for entry in self.entries if _allows(entry, slot.ids)]
+        if not slot.entries:
+            raise self._out_of_scope(slot)
+
+    def _write(self, slot: _Slot, values: dict[str, str]) -> None:
+        if values:
+            assert slot.write is not None
+            slot.write(values)
+            slot.ids.update(values)
+            slot.names.update({kind: kind for kind in values})
+
+    def _out_of_scope(self, slot: _Slot) -> Exception:
+        named = [kind for kind in KINDS if slot.ids.get(kind) is not None]
+        lone = [k for k in named if not any(_ids_of(e).get(k, slot.ids[k]) == slot.ids[k] for e in self.entries)]
+        kind = (lone or named)[0]
+        return refuse(403, "id_out_of_scope", slot.field(slot.names[kind]), f"This key may not use {kind} {slot.ids[kind]!r}.")
+
+
+def _target_writer(request: _Request, target: scope_json.Target) -> Callable[[dict[str, str]], None]:
+    def write(values: dict[str, str]) -> None:
+        _json_writer(request, scope_json.materialise(target))(values)
+        request.body_changed = True
+
+    return write
+
+
+def _ids_of(entry: PlatformEntry) -> dict[str, str]:
+    ids = {}
+    if entry.application_id is not None:
+        ids["applicationId"] = entry.application_id
+    if entry.entity_id is not None:
+        ids["entityId"] = entry.entity_id
+    return ids
+
+
+def _allows(entry: PlatformEntry, ids: dict[str, str | None]) -> bool:
+    """Every id the place names agrees with the entry (missing ids are fine)."""
+    return all(ids.get(kind) in (None, value) for kind, value in _ids_of(entry).items())
+
+
+def _requires(entry: PlatformEntry, ids: dict[str, str | None]) -> bool:
+    """The place names every kind the entry sets, with the entry's value."""
+    return all(ids.get(kind) == value for kind, value in _ids_of(entry).items())
+
+
+def _entry_of(slots: list[_Slot], entries: tuple[PlatformEntry, ...]) -> PlatformEntry:
+    """The entry the forwarded headers describe: one that permits every place, else what the places agree on."""
+    if not slots:
+        return entries[0] if len(entries) == 1 else _agreement(entries)
+    permitting = [set(map(id, slot.entries)) for slot in slots]
+    common = [entry for entry in entries if all(id(entry) in ids for ids in permitting)]
+    if common:
+        return next((entry for entry in common if entry.action), common[0])
+    return _agreement([slot.entries[0] for slot in slots])
+
+
+def _agreement(chosen: list[PlatformEntry] | tuple[PlatformEntry, ...]) -> PlatformEntry:
+    application = {entry.application_id for entry in chosen}
+    entity = {entry.entity_id for entry in chosen}
+    return PlatformEntry(
+        key="",
+        application_id=application.pop() if len(application) == 1 else None,
+        entity_id=entity.pop() if len(entity) == 1 else None,
+    )

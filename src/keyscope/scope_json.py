@@ -1,0 +1,190 @@
+"""Reading ids from a JSON body at any depth, and finding (or making) the objects at declared locations.
+
+Python's `json` differs from other parsers exactly where a scope check can be fooled (duplicate keys: last
+wins here, first wins in some Java and Go parsers; NaN; a BOM; UTF-16 sniffing of bytes), so the body is
+decoded as strict UTF-8 first and every such difference is refused instead of resolved.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, NamedTuple
+
+from .endpoints import JsonStep
+from .errors import Refusal
+from .scope_form import id_kind, refuse
+
+MAX_DEPTH = 64
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise refuse(400, "duplicate_key", key, f"The JSON body repeats the key {key!r} in one object.")
+            seen.add(key)
+    return obj
+
+
+def _constant(name: str) -> None:
+    raise refuse(400, "non_finite_number", None, f"The JSON body contains {name}, which is not JSON.")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise refuse(400, "number_out_of_range", None, f"The JSON number {text[:40]} is out of range.")
+    return value
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant, parse_float=_float)
+
+
+def parse(body: bytes) -> Any:
+    """The document, or Refusal(400) for anything two JSON parsers could read differently."""
+    if body.startswith(b"\xef\xbb\xbf"):
+        raise refuse(400, "bom", None, "The JSON body starts with a byte order mark.")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise refuse(400, "invalid_utf8", None, "The JSON body is not valid UTF-8.") from None
+    try:
+        doc = _DECODER.decode(text)
+    except Refusal:
+        raise
+    except RecursionError:
+        raise refuse(400, "too_deep", None, f"The JSON body nests deeper than {MAX_DEPTH} levels.") from None
+    except json.JSONDecodeError as exc:
+        reason = "trailing_data" if exc.msg == "Extra data" else "invalid_json"
+        raise refuse(400, reason, None, f"The JSON body is not valid JSON: {exc.msg} at {exc.pos}.") from None
+    except ValueError as exc:
+        raise refuse(400, "invalid_json", None, f"The JSON body is not valid JSON: {exc}.") from None
+    if _SURROGATE_ESCAPE.search(text) and not _encodable(doc):
+        raise refuse(400, "lone_surrogate", None, "The JSON body escapes a lone UTF-16 surrogate.")
+    return doc
+
+
+def _encodable(doc: Any) -> bool:
+    try:
+        dump(doc)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def dump(doc: Any) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class Found(NamedTuple):
+    """A JSON object holding ids: where it is (`$.messages[0]`), kind -> value, kind -> key as written."""
+
+    where: str
+    obj: dict[str, Any]
+    ids: dict[str, str | None]
+    names: dict[str, str]
+
+
+def find(doc: Any) -> list[Found]:
+    """Every object that holds an applicationId/entityId key (any case), in document order."""
+    found: list[Found] = []
+    if type(doc) is dict or type(doc) is list:
+        _walk(doc, 1, [], found)
+    return found
+
+
+def _walk(node: Any, depth: int, path: list[str | int], found: list[Found]) -> None:
+    if depth > MAX_DEPTH:
+        raise refuse(400, "too_deep", where(path), f"The JSON body nests deeper than {MAX_DEPTH} levels.")
+    if type(node) is list:
+        for index, value in enumerate(node):
+            if type(value) is dict or type(value) is list:
+                path.append(index)
+                _walk(value, depth + 1, path, found)
+                path.pop()
+        return
+    ids: dict[str, str | None] | None = None
+    names: dict[str, str] = {}
+    for key, value in node.items():
+        kind = id_kind(key)
+        if kind is not None:
+            if ids is None:
+                ids = {}
+                found.append(Found(where(path), node, ids, names))
+            if kind in ids:
+                raise refuse(400, "duplicate_id", field(path, key), f"This object names {kind} twice.")
+            if value is not None and type(value) is not str:
+                raise refuse(400, "id_not_string", field(path, key), f"{key} must be a string or null.")
+            ids[kind] = value
+            names[kind] = key
+        elif type(value) is dict or type(value) is list:
+            path.append(key)
+            _walk(value, depth + 1, path, found)
+            path.pop()
+
+
+def where(path: list[str | int] | tuple[str | int, ...]) -> str:
+    return "$" + "".join(f"[{step}]" if type(step) is int else f".{step}" for step in path)
+
+
+def field(path: list[str | int] | tuple[str | int, ...], key: str) -> str:
+    return (where(path)[2:] + "." + key) if path else key
+
+
+class Target(NamedTuple):
+    """A declared location's object, or (obj None) the deepest existing object and the keys still missing."""
+
+    path: tuple[str | int, ...]
+    obj: dict[str, Any] | None
+    parent: dict[str, Any] | None = None
+    missing: tuple[str, ...] = ()
+
+
+def resolve(doc: Any, steps: tuple[JsonStep, ...]) -> list[Target]:
+    """The objects a declared location names; `[]` expands each element, an absent array yields none."""
+    if type(doc) is not dict:
+        raise refuse(400, "bad_location", None, "The JSON body must be an object.")
+    missing: list[Target] = []
+    current: list[tuple[tuple[str | int, ...], dict[str, Any]]] = [((), doc)]
+    for position, step in enumerate(steps):
+        following: list[tuple[tuple[str | int, ...], dict[str, Any]]] = []
+        for path, node in current:
+            child = node.get(step.name)
+            here = (*path, step.name)
+            if child is None:
+                rest = steps[position:]
+                if not any(later.each for later in rest):
+                    names = tuple(later.name for later in rest)
+                    missing.append(Target((*path, *names), None, node, names))
+            elif step.each:
+                if type(child) is not list:
+                    raise refuse(400, "bad_location", field(path, step.name), "Expected an array here.")
+                for index, element in enumerate(child):
+                    if type(element) is not dict:
+                        raise refuse(400, "bad_location", where((*here, index))[2:], "Expected an object here.")
+                    following.append(((*here, index), element))
+            elif type(child) is dict:
+                following.append((here, child))
+            else:
+                raise refuse(400, "bad_location", field(path, step.name), "Expected an object here.")
+        current = following
+    return sorted([Target(path, node) for path, node in current] + missing, key=lambda target: target.path)
+
+
+def materialise(target: Target) -> dict[str, Any]:
+    """The target's object, creating the missing ones (a `null` on the way counts as missing)."""
+    if target.obj is not None:
+        return target.obj
+    node = target.parent
+    assert node is not None
+    for name in target.missing:
+        child = node.get(name)
+        if type(child) is not dict:
+            child = node[name] = {}
+        node = child
+    return node
