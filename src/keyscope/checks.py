@@ -1,0 +1,299 @@
+"""Steps 1-5 of the request path, shared by the gateway and the middleware: one implementation of the rules.
+
+`Checks.target()` is step 1 (canonical target). `Checks.admit()` runs steps 2-5 top to bottom: authenticate,
+match the allowlist, read the body when the ids in it must be inspected, check and FILL/FORCE the ids, and
+check that every id names an existing application or entity. It fills an `Admission` as it goes, so that when
+it raises a `Refusal` the caller still knows the endpoint (for the error family) and the key (for the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cachetools import TTLCache
+
+from . import canonical, matcher
+from . import scope as scoping
+from .auth import KeyAuthenticator
+from .endpoints import Endpoint
+from .errors import JSON_HEADERS, Family, Refusal, refusal_body
+from .models import ApiKey, PlatformEntry
+from .store.base import Store, StoreUnavailable
+from .types import Receive, Scope, Send
+
+logger = logging.getLogger("keyscope.gateway")
+
+USAGE_FLUSH_SECONDS = 60.0
+
+
+class ClientGone(Exception):
+    """The client disconnected while its body was being read: there is nobody left to answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, as the middleware hands it to the wrapped app in `scope["state"]["keyscope"]`."""
+
+    key_id: str
+    name: str
+    primary: bool
+    entry: PlatformEntry | None
+    endpoint: Endpoint | None
+
+
+class Admission:
+    """What the checks decided about one request; filled step by step."""
+
+    __slots__ = ("endpoint", "key", "entry", "query", "body", "changed")
+
+    def __init__(self) -> None:
+        self.endpoint: Endpoint | None = None
+        self.key: ApiKey | None = None
+        self.entry: PlatformEntry | None = None
+        self.query = b""
+        self.body: bytes | None = None  # None: not read, stream it
+        self.changed = False
+
+    @property
+    def family(self) -> Family:
+        return self.endpoint.errors if self.endpoint is not None else "legacy"
+
+    @property
+    def function(self) -> str | None:
+        return self.endpoint.function if self.endpoint is not None else None
+
+    @property
+    def key_id(self) -> str | None:
+        return self.key.id if self.key is not None else None
+
+    def effective_entry(self) -> PlatformEntry | None:
+        """The entry that admitted the request; a key with a single entry is always admitted by that one."""
+        if self.entry is not None or self.key is None:
+            return self.entry
+        platform = self.key.platform
+        return platform[0] if len(platform) == 1 else None
+
+    def identity_headers(self) -> list[tuple[str, str]]:
+        """X-Keyscope-* for the backend: absent for kinds the entry leaves unset, all but the id for primaries."""
+        assert self.key is not None
+        headers = [("X-Keyscope-Key-Id", self.key.id)]
+        entry = self.effective_entry()
+        if entry is not None:
+            if entry.application_id is not None:
+                headers.append(("X-Keyscope-Application-Id", entry.application_id))
+            if entry.entity_id is not None:
+                headers.append(("X-Keyscope-Entity-Id", entry.entity_id))
+        return headers
+
+    def principal(self) -> Principal:
+        assert self.key is not None
+        return Principal(self.key.id, self.key.name, self.key.is_primary, self.effective_entry(), self.endpoint)
+
+
+class Checks:
+    def __init__(
+        self,
+        *,
+        endpoints: Sequence[Endpoint],
+        store: Store,
+        authenticator: KeyAuthenticator,
+        max_body_size: int = 1024 * 1024,
+        id_cache_ttl: float = 5.0,
+    ) -> None:
+        self.matcher = matcher.compile(endpoints)
+        self.store = store
+        self.authenticator = authenticator
+        self.max_body_size = max_body_size
+        self.known_ids = KnownIds(store, ttl=id_cache_ttl)
+        self.usage = UsageRecorder(store)
+
+    def target(self, scope: Scope) -> None:
+        """Step 1, for every caller: the raw target and framing headers must already be canonical."""
+        canonical.check(scope["method"], scope["raw_path"], scope["query_string"], scope["headers"])
+
+    async def admit(self, scope: Scope, receive: Receive, admission: Admission) -> None:
+        """Steps 2-5; raises Refusal, or ClientGone if the client left while sending its body."""
+        method: str = scope["method"]
+        found = self.matcher.match(method, scope["raw_path"])
+        if found:
+            admission.endpoint = found.endpoint
+        # 2. authentication
+        try:
+            key = await self.authenticator.authenticate(scope)
+        except StoreUnavailable:
+            raise Refusal(503, reason="store_unavailable", step="auth", detail="the key store is unavailable")
+        admission.key = key
+        self.usage.touch(key.id)
+        # 3./4. primary keys may call any path; linked keys only the allowlist
+        if not key.is_primary and not found:
+            if found is matcher.NOT_FOUND:
+                raise Refusal(403, reason="not_allowlisted", step="allowlist", detail="path is not allowlisted")
+            raise Refusal(403, reason="method_not_allowed", step="allowlist", detail="method is not allowlisted")
+        content_type, content_encoding, content_length = _body_headers(scope["headers"])
+        body = None
+        if scoping.needs_body(admission.endpoint, key, content_type, content_encoding):
+            body = await read_body(receive, content_length, self.max_body_size)
+        decision = scoping.inspect(
+            admission.endpoint,
+            key,
+            query=scope["query_string"],
+            content_type=content_type,
+            content_encoding=content_encoding,
+            body=b"" if body is None else body,
+        )
+        admission.entry = decision.entry
+        admission.query = decision.query
+        admission.body = decision.body if body is not None else None
+        admission.changed = decision.changed
+        # 5. every id must name an existing application or entity
+        if decision.application_ids or decision.entity_ids:
+            await self.known_ids.check(decision.application_ids, decision.entity_ids)
+
+    def changed(self) -> None:
+        """A management write happened: ids may have been deleted."""
+        self.known_ids.clear()
+
+
+def _body_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None, int | None]:
+    """Content-Type, Content-Encoding and the declared length (step 1 already refused duplicates)."""
+    content_type = content_encoding = None
+    content_length: int | None = None
+    for name, value in headers:
+        if name == b"content-type":
+            content_type = value
+        elif name == b"content-encoding":
+            content_encoding = value
+        elif name == b"content-length":
+            content_length = int(value) if value.isdigit() else None
+    return content_type, content_encoding, content_length
+
+
+async def read_body(receive: Receive, declared: int | None, limit: int) -> bytes:
+    """The whole body, refusing with 413 as soon as it is known to exceed `limit`.
+
+    A declared Content-Length over the limit is refused before reading anything; the bytes that arrive are
+    counted regardless of what was declared.
+    """
+    if declared is not None and declared > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(limit: int) -> Refusal:
+    return Refusal(413, reason="body_too_large", step="body", detail=f"the body is larger than {limit} bytes")
+
+
+class KnownIds:
+    """Step 5 without a store round trip per request: ids seen to exist are remembered for `ttl` seconds.
+
+    Only existence is cached, never absence: ids only disappear through deletes, which clear this cache in
+    the process that made them (other processes within `ttl`).
+    """
+
+    def __init__(self, store: Store, *, ttl: float = 5.0, maxsize: int = 100_000) -> None:
+        self.store = store
+        self._applications: TTLCache[str, bool] = TTLCache(maxsize=maxsize, ttl=ttl)
+        self._entities: TTLCache[str, bool] = TTLCache(maxsize=maxsize, ttl=ttl)
+
+    async def check(self, application_ids: Iterable[str], entity_ids: Iterable[str]) -> None:
+        applications = [i for i in application_ids if i not in self._applications]
+        entities = [i for i in entity_ids if i not in self._entities]
+        if not applications and not entities:
+            return
+        try:
+            missing_apps, missing_entities = await self.store.missing_ids(applications, entities)
+        except StoreUnavailable:
+            raise Refusal(503, reason="store_unavailable", step="existence", detail="the store is unavailable")
+        for ident in applications:
+            if ident not in missing_apps:
+                self._applications[ident] = True
+        for ident in entities:
+            if ident not in missing_entities:
+                self._entities[ident] = True
+        if missing_apps:
+            ident = sorted(missing_apps)[0]
+            raise Refusal(400, "unknown_application", "existence", "applicationId", f"no application {ident!r}")
+        if missing_entities:
+            ident = sorted(missing_entities)[0]
+            raise Refusal(400, "unknown_entity", "existence", "entityId", f"no entity {ident!r}")
+
+    def clear(self) -> None:
+        self._applications.clear()
+        self._entities.clear()
+
+
+class UsageRecorder:
+    """"Last used" per key, kept in memory and written to the store at most once a minute, off the request path.
+
+    A request that finds the last write more than `interval` ago starts a short background write of every
+    pending stamp; `close()` writes what is left. No long-lived task, so it works in any event loop.
+    """
+
+    def __init__(self, store: Store, interval: float = USAGE_FLUSH_SECONDS) -> None:
+        self.store = store
+        self.interval = interval
+        self._pending: dict[str, float] = {}
+        self._next = 0.0
+        self._writing: asyncio.Task[None] | None = None
+
+    def touch(self, key_id: str) -> None:
+        now = time.time()
+        self._pending[key_id] = now
+        if now >= self._next and self._writing is None:
+            self._next = now + self.interval
+            self._writing = asyncio.get_running_loop().create_task(self.flush())
+            self._writing.add_done_callback(self._written)
+
+    def _written(self, task: asyncio.Task[None]) -> None:
+        self._writing = None
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        last_used = {key_id: datetime.fromtimestamp(when, UTC) for key_id, when in pending.items()}
+        try:
+            await self.store.record_key_use(last_used)
+        except Exception as exc:  # a lost "last used" stamp must never take the gateway down
+            logger.warning("could not record key use: %s", exc.__class__.__name__)
+
+    async def close(self) -> None:
+        if self._writing is not None:
+            await asyncio.wait([self._writing])
+        await self.flush()
+
+
+def refusal_headers(status: int, length: int) -> list[tuple[bytes, bytes]]:
+    headers = [JSON_HEADERS[0], (b"content-length", str(length).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"App"))
+    elif status == 413:
+        headers.append((b"connection", b"close"))  # the rest of the body is never read
+    return headers
+
+
+async def refuse(send: Send, refusal: Refusal, family: Family) -> None:
+    """Answer with the refusal's body in the endpoint's error family; nothing has been forwarded."""
+    payload = refusal_body(refusal, family)
+    headers = refusal_headers(refusal.status, len(payload))
+    await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,197 @@
+"""`keyscope serve` settings, from flags, KEYSCOPE_* environment variables and a YAML file.
+
+Precedence is flag > environment > file > default, per setting. Every value is validated here, so that a bad
+setting stops start-up with one line naming it instead of surfacing on the first request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+DEFAULT_STORE = "sqlite:///keyscope.db"
+WORKER_ENV = "KEYSCOPE_WORKER_SETTINGS"
+"""How `serve --workers N` hands the validated settings to the worker processes it spawns."""
+
+
+class ConfigError(ValueError):
+    """A setting is unusable; the message is the one line `keyscope serve` prints."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    upstream: str = ""
+    endpoints: str | None = None
+    store: str = DEFAULT_STORE
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    upstream_authorization: str | None = None
+    upstream_timeout: float = 30.0
+    upstream_connections: int = 256
+    max_body_size: int = 1024 * 1024
+    key_cache_ttl: float = 5.0
+    trusted_proxies: tuple[str, ...] = ()
+    admin_token: str | None = None
+    access_log: bool = True
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        data = json.loads(text)
+        data["trusted_proxies"] = tuple(data["trusted_proxies"])
+        return cls(**data)
+
+    def __repr__(self) -> str:
+        # Settings end up in tracebacks and debug output: never show the two secrets they can hold.
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("upstream_authorization", "admin_token"):
+            if shown[name] is not None:
+                shown[name] = "***"
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+
+_NAMES = tuple(f.name for f in fields(Settings))
+
+
+def load(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """Merge the sources; `flags` holds only the options given on the command line (None means not given)."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    environ = os.environ if environ is None else environ
+    unknown = set(flags) - set(_NAMES)
+    if unknown:
+        raise ConfigError(f"unknown setting {sorted(unknown)[0]!r}")
+    path = config_file or environ.get("KEYSCOPE_CONFIG")
+    merged: dict[str, tuple[Any, str]] = {}
+    if path:
+        for name, value in _read_file(path).items():
+            merged[name] = (value, f"{path}: {name.replace('_', '-')}")
+    for name in _NAMES:
+        env_name = "KEYSCOPE_" + name.upper()
+        if env_name in environ:
+            merged[name] = (environ[env_name], env_name)
+    for name, value in flags.items():
+        merged[name] = (value, "--" + name.replace("_", "-"))
+    values = {name: _convert(name, value, origin) for name, (value, origin) in merged.items()}
+    return validate(Settings(**values))
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of setting: value")
+    result: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in _NAMES:
+            raise ConfigError(f"config file {path}: unknown setting {key!r}")
+        result[name] = value
+    return result
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _convert(name: str, value: Any, origin: str) -> Any:
+    """Turn a value from any source (strings from the environment, YAML scalars) into the field's type."""
+    kind = Settings.__dataclass_fields__[name].type
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError
+        if kind == "int":
+            if isinstance(value, bool) or isinstance(value, float):
+                raise ValueError
+            return int(str(value).strip())
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(str(value).strip())
+        if kind == "tuple[str, ...]":
+            items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+            return tuple(str(item).strip() for item in items if str(item).strip())
+        if value is None:
+            return None
+        if isinstance(value, (dict, list)):
+            raise ValueError
+        return str(value)
+    except ValueError:
+        raise ConfigError(f"{origin}: invalid value {value!r} (expected {kind.replace(' | None', '')})") from None
+
+
+def validate(settings: Settings) -> Settings:
+    """Check ranges and formats; returns the settings with the upstream URL normalised."""
+    if not settings.upstream:
+        raise ConfigError("no upstream: give --upstream http://HOST:PORT[/base] (or KEYSCOPE_UPSTREAM)")
+    upstream = upstream_base(settings.upstream)
+    if not 0 <= settings.port <= 65535:
+        raise ConfigError(f"port {settings.port} is out of range")
+    if settings.workers < 1:
+        raise ConfigError("workers must be at least 1")
+    if not settings.upstream_timeout > 0:
+        raise ConfigError("upstream-timeout must be a positive number of seconds")
+    if settings.upstream_connections < 1:
+        raise ConfigError("upstream-connections must be at least 1")
+    if settings.max_body_size < 0:
+        raise ConfigError("max-body-size must not be negative")
+    if settings.key_cache_ttl < 0:
+        raise ConfigError("key-cache-ttl must not be negative")
+    for cidr in settings.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"trusted-proxies: {cidr!r} is not an IP address or CIDR range") from None
+    if settings.admin_token is not None and not settings.admin_token:
+        raise ConfigError("admin-token must not be empty")
+    if settings.upstream_authorization is not None and any(c in settings.upstream_authorization for c in "\r\n\0"):
+        raise ConfigError("upstream-authorization must be a single header value")
+    return dataclasses.replace(settings, upstream=upstream)
+
+
+def upstream_base(url: str) -> str:
+    """`http://host:port[/base]` without a trailing slash; the raw request path is appended to it as is."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"upstream {url!r} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"upstream {url!r} must be an http:// or https:// URL with a host")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ConfigError(f"upstream {url!r} must not have a query or fragment")
+    if parts.username or parts.password:
+        raise ConfigError(f"upstream {url!r} must not carry credentials: use --upstream-authorization")
+    if port == 0:
+        raise ConfigError(f"upstream {url!r} has port 0")
+    return url.rstrip("/")

@@ -1,0 +1,185 @@
+"""The gateway: a pure ASGI app that runs the request path top to bottom and forwards what it admits.
+
+    1. canonical target (every caller)             checks.Checks.target
+       management paths -> the admin app, never forwarded
+    2. authenticate  3./4. allowlist and ids  5. ids exist       checks.Checks.admit
+    6. forward                                      proxy.Upstream.forward
+    7. refusals in the endpoint's error family      checks.refuse
+    8. one access-log line                          accesslog.record
+
+The lifespan opens the store and the upstream session of this worker and closes them on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from . import accesslog, admin
+from .auth import KeyAuthenticator
+from .checks import Admission, Checks, ClientGone, refuse
+from .config import Settings
+from .endpoints import Endpoint
+from .endpoints import load as load_endpoints
+from .errors import Refusal
+from .proxy import Upstream
+from .store import Store, store_from_url
+from .types import Message, Receive, Scope, Send
+
+logger = logging.getLogger("keyscope.gateway")
+
+_PROVISIONING = b"/provisioning/1"
+_API_KEYS = b"/settings/2/api-keys"
+
+
+def is_management(raw_path: bytes) -> bool:
+    """`/provisioning/1[/...]` and `/settings/2/api-keys[/...]`, on whole segments, on the canonical raw path."""
+    for prefix in (_PROVISIONING, _API_KEYS):
+        if raw_path.startswith(prefix) and (len(raw_path) == len(prefix) or raw_path[len(prefix)] == 0x2F):
+            return True
+    return False
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        endpoints: Sequence[Endpoint],
+        store: Store,
+        upstream: Upstream,
+        admin_token: str | None = None,
+        key_cache_ttl: float = 5.0,
+        trusted_proxies: Sequence[str] = (),
+        max_body_size: int = 1024 * 1024,
+    ) -> None:
+        self.store = store
+        self.upstream = upstream
+        self.authenticator = KeyAuthenticator(
+            store, ttl=key_cache_ttl, negative_ttl=key_cache_ttl, trusted_proxies=trusted_proxies
+        )
+        self.checks = Checks(
+            endpoints=endpoints,
+            store=store,
+            authenticator=self.authenticator,
+            max_body_size=max_body_size,
+            id_cache_ttl=key_cache_ttl,
+        )
+        self.admin = admin.create_app(
+            store, admin_token=admin_token, authenticator=self.authenticator, on_change=self.checks.changed
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Gateway:
+        """Build (without opening anything) from validated settings."""
+        upstream = Upstream(
+            settings.upstream,
+            authorization=settings.upstream_authorization,
+            timeout=settings.upstream_timeout,
+            connections=settings.upstream_connections,
+            trusted_proxies=settings.trusted_proxies,
+        )
+        return cls(
+            endpoints=load_endpoints(settings.endpoints),
+            store=store_from_url(settings.store),
+            upstream=upstream,
+            admin_token=settings.admin_token,
+            key_cache_ttl=settings.key_cache_ttl,
+            trusted_proxies=settings.trusted_proxies,
+            max_body_size=settings.max_body_size,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.handle(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        admission = Admission()
+        try:
+            self.checks.target(scope)
+            if is_management(scope["raw_path"]):
+                status = await self._manage(scope, receive, send)
+                _log(started, scope, admission, accesslog.MANAGEMENT, status)
+                return
+            await self.checks.admit(scope, receive, admission)
+        except Refusal as refusal:
+            await refuse(send, refusal, admission.family)
+            _log(started, scope, admission, accesslog.REFUSED, refusal.status, refusal=refusal)
+            return
+        except ClientGone:
+            _log(started, scope, admission, accesslog.FAILED, accesslog.CLIENT_GONE)
+            return
+        status, upstream_status = await self.upstream.forward(
+            scope,
+            receive,
+            send,
+            query=admission.query,
+            body=admission.body,
+            identity=admission.identity_headers(),
+            family=admission.family,
+        )
+        decision = accesslog.FORWARDED if upstream_status is not None else accesslog.FAILED
+        _log(started, scope, admission, decision, status, upstream=upstream_status)
+
+    async def _manage(self, scope: Scope, receive: Receive, send: Send) -> int:
+        status = 0
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.admin(scope, receive, send_and_note)
+        return status
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        try:
+            await self.startup()
+        except Exception as exc:
+            logger.error("start-up failed: %s", exc)
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        await self.shutdown()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def startup(self) -> None:
+        await self.store.open()
+        await self.upstream.start()
+
+    async def shutdown(self) -> None:
+        await self.checks.usage.close()
+        await self.upstream.close()
+        await self.store.close()
+
+
+def _log(
+    started: float,
+    scope: Scope,
+    admission: Admission,
+    decision: str,
+    status: int,
+    *,
+    refusal: Refusal | None = None,
+    upstream: int | None = None,
+) -> None:
+    accesslog.record(
+        started=started,
+        method=scope["method"],
+        path=scope["raw_path"],
+        decision=decision,
+        status=status,
+        key_id=admission.key_id,
+        function=admission.function,
+        reason=refusal.reason if refusal is not None else None,
+        step=refusal.step if refusal is not None else None,
+        upstream_status=upstream,
+    )

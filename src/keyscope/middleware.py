@@ -1,0 +1,169 @@
+"""`KeyScopeMiddleware`: keyscope's checks in front of any ASGI app, in the same process.
+
+It runs the gateway's steps 1-5 with the gateway's own code (`keyscope.checks`), answers refusals itself in
+the endpoint's error family (step 7), logs one access line (step 8), and otherwise calls the wrapped app with
+the request as admitted: the query and body after FILL/FORCE (the body replayed through a new `receive`), and
+`scope["state"]["keyscope"]`, a `checks.Principal` (key id, name, whether primary, matched entry, endpoint).
+Starlette and FastAPI read it as `request.state.keyscope`.
+
+    app = KeyScopeMiddleware(app, store="sqlite:///keyscope.db")            # packaged endpoints.yaml
+    app = KeyScopeMiddleware(app, endpoints="endpoints.yaml", store=store)  # a Store you open and close
+
+A store given as a URL is opened at lifespan start-up (or on the first request) and closed at shutdown; a
+`Store` object is used as given. WebSocket connections are closed: they would bypass every check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Sequence
+
+from . import accesslog
+from .auth import KeyAuthenticator
+from .checks import Admission, Checks, ClientGone, refuse
+from .endpoints import Endpoint
+from .endpoints import load as load_endpoints
+from .errors import Refusal
+from .store import Store, store_from_url
+from .types import ASGIApp, Message, Receive, Scope, Send
+
+
+class KeyScopeMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: Store | str,
+        endpoints: Sequence[Endpoint] | str | os.PathLike[str] | None = None,
+        key_cache_ttl: float = 5.0,
+        trusted_proxies: Sequence[str] = (),
+        max_body_size: int = 1024 * 1024,
+    ) -> None:
+        self.app = app
+        if endpoints is None or isinstance(endpoints, (str, os.PathLike)):
+            endpoints = load_endpoints(endpoints)
+        self._owns_store = isinstance(store, str)
+        self.store = store_from_url(store) if isinstance(store, str) else store
+        self._opened = not self._owns_store
+        self._opening: asyncio.Lock | None = None
+        self.authenticator = KeyAuthenticator(
+            self.store, ttl=key_cache_ttl, negative_ttl=key_cache_ttl, trusted_proxies=trusted_proxies
+        )
+        self.checks = Checks(
+            endpoints=endpoints,
+            store=self.store,
+            authenticator=self.authenticator,
+            max_body_size=max_body_size,
+            id_cache_ttl=key_cache_ttl,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.handle(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self.app(scope, self._lifespan_receive(receive), send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+        else:
+            await self.app(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        if not scope.get("raw_path"):
+            raise RuntimeError("KeyScopeMiddleware needs an ASGI server that provides scope['raw_path']")
+        admission = Admission()
+        try:
+            if not self._opened:
+                await self._open()
+            self.checks.target(scope)
+            await self.checks.admit(scope, receive, admission)
+        except Refusal as refusal:
+            await refuse(send, refusal, admission.family)
+            _log(started, scope, admission, accesslog.REFUSED, refusal.status, refusal)
+            return
+        except ClientGone:
+            _log(started, scope, admission, accesslog.FAILED, accesslog.CLIENT_GONE)
+            return
+
+        scope = dict(scope)
+        scope["query_string"] = admission.query
+        scope["state"] = {**(scope.get("state") or {}), "keyscope": admission.principal()}
+        if admission.body is not None:
+            body = admission.body
+            if admission.changed:
+                scope["headers"] = [
+                    (name, value) for name, value in scope["headers"]
+                    if name not in (b"content-length", b"transfer-encoding")
+                ] + [(b"content-length", str(len(body)).encode())]
+            receive = _replay(body, receive)
+        status = 0
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            _log(started, scope, admission, accesslog.FORWARDED, status or 500)
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        async def wrapped() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self._open()
+            elif message["type"] == "lifespan.shutdown":
+                await self.close()
+            return message
+
+        return wrapped
+
+    async def _open(self) -> None:
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if not self._opened:
+                await self.store.open()
+                self._opened = True
+
+    async def close(self) -> None:
+        """Write pending "last used" stamps and close the store if the middleware opened it."""
+        await self.checks.usage.close()
+        if self._owns_store and self._opened:
+            await self.store.close()
+            self._opened = False
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The body the checks read (and maybe rewrote), then the server's receive for the disconnect."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _log(
+    started: float, scope: Scope, admission: Admission, decision: str, status: int, refusal: Refusal | None = None
+) -> None:
+    accesslog.record(
+        started=started,
+        method=scope["method"],
+        path=scope["raw_path"],
+        decision=decision,
+        status=status,
+        key_id=admission.key_id,
+        function=admission.function,
+        reason=refusal.reason if refusal is not None else None,
+        step=refusal.step if refusal is not None else None,
+        upstream_status=status if refusal is None else None,
+    )

@@ -1,0 +1,168 @@
+"""`keyscope serve`: validate everything, then run the gateway on uvicorn.
+
+Everything that can be wrong with a configuration (settings, endpoints.yaml, the store, the upstream URL) is
+checked before uvicorn starts, and stops start-up with one line on stderr and exit status 2: never a
+half-working gateway. `--workers N` runs N uvicorn worker processes; they receive the validated settings
+through an environment variable and build their gateway with `worker_app()`.
+
+`python -m keyscope.server [serve] --upstream ...` runs the same command without the console script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from . import accesslog, config, matcher
+from .config import ConfigError, Settings
+from .endpoints import load as load_endpoints
+
+DESCRIPTION = "Run the keyscope gateway in front of an upstream HTTP API."
+
+# flag name -> (argparse keyword arguments); every one is also KEYSCOPE_<NAME> and a key of the config file.
+_OPTIONS: dict[str, dict[str, Any]] = {
+    "upstream": {"metavar": "URL", "help": "the API to protect: http://HOST:PORT[/base] (required)"},
+    "endpoints": {"metavar": "FILE", "help": "the allowlist (default: the packaged endpoints.yaml)"},
+    "store": {"metavar": "URL", "help": f"sqlite:///FILE or postgresql://... (default {config.DEFAULT_STORE})"},
+    "host": {"help": "address to listen on (default 127.0.0.1)"},
+    "port": {"type": int, "help": "port to listen on (default 8080)"},
+    "workers": {"type": int, "metavar": "N", "help": "worker processes (default 1)"},
+    "upstream_authorization": {"metavar": "VALUE", "help": "Authorization header sent upstream instead of the key"},
+    "upstream_timeout": {"type": float, "metavar": "SECONDS", "help": "connect/read timeout upstream (default 30)"},
+    "upstream_connections": {"type": int, "metavar": "N", "help": "pooled upstream connections per worker (256)"},
+    "max_body_size": {"type": int, "metavar": "BYTES", "help": "largest body inspected for ids (default 1 MiB)"},
+    "key_cache_ttl": {"type": float, "metavar": "SECONDS", "help": "how long key records are cached (default 5)"},
+    "trusted_proxies": {"metavar": "CIDR,...", "help": "peers whose X-Forwarded-For is believed"},
+    "admin_token": {
+        "metavar": "TOKEN",
+        "help": "Bearer token for the management API (prefer KEYSCOPE_ADMIN_TOKEN: flags show in ps)",
+    },
+}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `serve` to a subparsers object; the command is `args.run(args)` (also `args.func`)."""
+    parser = subparsers.add_parser("serve", help="run the gateway", description=DESCRIPTION)
+    _add_options(parser)
+    return parser
+
+
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    for name, kwargs in _OPTIONS.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, **kwargs)
+    parser.add_argument("--config", metavar="FILE", default=None, help="YAML file of settings (KEYSCOPE_CONFIG)")
+    parser.add_argument(
+        "--access-log", dest="access_log", default=None, action=argparse.BooleanOptionalAction,
+        help="one JSON line per request on stdout (default on)",
+    )
+    parser.set_defaults(run=run, func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate, then serve until stopped. Returns the exit status."""
+    flags = {name: getattr(args, name, None) for name in (*_OPTIONS, "access_log")}
+    try:
+        settings = config.load(flags, os.environ, args.config)
+        prepare(settings)
+    except ConfigError as exc:
+        print(f"keyscope serve: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    serve(settings)
+    return 0
+
+
+def prepare(settings: Settings) -> None:
+    """Everything a worker will need, checked once here; raises ConfigError with one line."""
+    try:
+        endpoints = load_endpoints(settings.endpoints)
+        matcher.compile(endpoints)
+    except ValueError as exc:
+        raise ConfigError(f"endpoints: {_one_line(str(exc))}") from None
+    asyncio.run(_check_store(settings.store))
+
+
+async def _check_store(url: str) -> None:
+    from .store import store_from_url
+
+    shown = _redact(url)
+    try:
+        store = store_from_url(url)
+    except (ValueError, ImportError) as exc:
+        raise ConfigError(_one_line(str(exc).replace(url, shown))) from None
+    try:
+        await store.open()
+    except Exception as exc:  # the store's own errors and its driver's: one line either way
+        reason = _one_line(str(exc).replace(url, shown)) or exc.__class__.__name__
+        raise ConfigError(f"cannot open store {shown}: {reason}") from None
+    await store.close()
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": False,
+        "proxy_headers": False,
+        "server_header": False,
+        "date_header": False,
+        "log_level": "info",
+        "timeout_graceful_shutdown": 10,
+    }
+    if settings.workers > 1:
+        os.environ[config.WORKER_ENV] = settings.to_json()
+        uvicorn.run("keyscope.server:worker_app", factory=True, workers=settings.workers, **options)
+    else:
+        uvicorn.run(build_app(settings), **options)
+
+
+def build_app(settings: Settings) -> Any:
+    from .gateway import Gateway
+
+    if settings.access_log:
+        accesslog.enable()
+    else:
+        accesslog.disable()
+    return Gateway.from_settings(settings)
+
+
+def worker_app() -> Any:
+    """The uvicorn factory each worker process calls (`--workers N`)."""
+    text = os.environ.get(config.WORKER_ENV)
+    if not text:
+        raise RuntimeError(f"{config.WORKER_ENV} is not set: start workers with `keyscope serve --workers N`")
+    return build_app(Settings.from_json(text))
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        argv = argv[1:]
+    parser = argparse.ArgumentParser(prog="keyscope serve", description=DESCRIPTION)
+    _add_options(parser)
+    args = parser.parse_args(argv)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
