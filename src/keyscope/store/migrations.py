@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# `ident` compares and sorts ids byte-wise on both databases (PostgreSQL's default collation may not).
+# `ident` compares and sorts ids byte-wise on both databases (PostgreSQL's default collation may not), so
+# lists come out in the same order from either store.
 DIALECTS: dict[str, dict[str, str]] = {
     "sqlite": {"ident": "TEXT", "counter": "INTEGER"},
     "postgresql": {"ident": 'TEXT COLLATE "C"', "counter": "BIGINT"},
@@ -53,9 +54,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             " entity_id {ident} PRIMARY KEY,"
             " entity_name TEXT)",
             "CREATE TABLE associations ("
-            " resource_type TEXT NOT NULL,"
-            " channel TEXT NOT NULL,"
-            " resource_id TEXT NOT NULL,"
+            " resource_type {ident} NOT NULL,"
+            " channel {ident} NOT NULL,"
+            " resource_id {ident} NOT NULL,"
             " application_id {ident} NOT NULL REFERENCES applications (application_id) ON DELETE CASCADE,"
             " entity_id {ident} REFERENCES entities (entity_id) ON DELETE CASCADE,"
             " PRIMARY KEY (resource_type, channel, resource_id))",

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..keys import new_entry_key
 from ..models import (
@@ -34,11 +34,13 @@ from ..models import (
 from .base import Conflict, MissingReference, NotFound, Protected, Store, StoreUnavailable
 from .migrations import LATEST, MIGRATIONS, VERSION_TABLE
 
+T = TypeVar("T")
 Row = tuple[Any, ...]
 Args = Sequence[Any]
 
 DEFAULT_APPLICATION_NAME = "Default"
 _CHUNK = 500  # ids per IN (...) list, well under every dialect's parameter limit
+_RACE_ATTEMPTS = 3
 
 
 class UniqueViolation(Exception):
@@ -95,10 +97,17 @@ _KEYS_WHERE = (
 )
 _FIND_BY_HASH = _KEYS_WHERE.format(where="k.secret_hash = ?")
 _ASSOCIATION_COLUMNS = "resource_type, channel, application_id, entity_id, resource_id"
-_EXACT_ASSOCIATION = (
-    "resource_type = ? AND channel = ? AND resource_id = ? AND application_id = ?"
-    " AND (entity_id = ? OR (entity_id IS NULL AND ? IS NULL))"
-)
+
+
+def _exact_association(
+    resource_type: str, channel: str, application_id: str, resource_id: str, entity_id: str | None
+) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause naming exactly one association (no untyped `? IS NULL`: PostgreSQL refuses it)."""
+    where = "resource_type = ? AND channel = ? AND resource_id = ? AND application_id = ?"
+    args = (resource_type, channel, resource_id, application_id)
+    if entity_id is None:
+        return f"{where} AND entity_id IS NULL", args
+    return f"{where} AND entity_id = ?", (*args, entity_id)
 
 
 def _keys_from_rows(rows: list[Row]) -> list[ApiKey]:
@@ -161,6 +170,22 @@ class SQLStore(Store):
 
     @abc.abstractmethod
     async def _read_all(self, sql: str, args: Args = ()) -> list[Row]: ...
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Runs a write again when a concurrent delete broke a reference it had just checked.
+
+        Only a store whose transactions overlap (PostgreSQL) gets here; the next attempt sees the delete and
+        either cascades it or raises the proper MissingReference.
+        """
+        for _ in range(_RACE_ATTEMPTS - 1):
+            try:
+                return await attempt()
+            except ForeignKeyViolation:
+                continue
+        try:
+            return await attempt()
+        except ForeignKeyViolation:
+            raise StoreUnavailable("concurrent changes to the same ids kept conflicting; retry later") from None
 
     async def _changed(self, tx: Transaction) -> None:
         """Bumps the revision; PostgreSQL also announces it."""
@@ -280,6 +305,9 @@ class SQLStore(Store):
                 raise NotFound(kind, ident)
 
     async def _delete_named(self, table: str, column: str, kind: str, ident: str) -> CascadeReport:
+        return await self._retrying(lambda: self._cascade_delete(table, column, kind, ident))
+
+    async def _cascade_delete(self, table: str, column: str, kind: str, ident: str) -> CascadeReport:
         """Removes the id with everything naming it, in one transaction.
 
         A key entry naming a pair goes when either part goes. A key losing its last entry is disabled in
@@ -306,7 +334,9 @@ class SQLStore(Store):
 
     # associations ---------------------------------------------------------------------------------
     async def create_association(self, association: Association) -> None:
-        a = association
+        await self._retrying(lambda: self._create_association(association))
+
+    async def _create_association(self, a: Association) -> None:
         try:
             async with self._write() as tx:
                 await self._require(tx, "applications", "application_id", a.application_id, "applicationId")
@@ -318,27 +348,20 @@ class SQLStore(Store):
                 )
         except UniqueViolation:
             raise Conflict("association", f"{a.resource_type}/{a.channel}/{a.resource_id}") from None
-        except ForeignKeyViolation:
-            # Only reachable if a concurrent delete won the race after our check.
-            raise MissingReference("applicationId", a.application_id) from None
 
     async def delete_association(self, association: Association) -> None:
         a = association
+        where, args = _exact_association(a.resource_type, a.channel, a.application_id, a.resource_id, a.entity_id)
         async with self._write() as tx:
-            removed = await tx.execute(
-                f"DELETE FROM associations WHERE {_EXACT_ASSOCIATION}",
-                (a.resource_type, a.channel, a.resource_id, a.application_id, a.entity_id, a.entity_id),
-            )
+            removed = await tx.execute(f"DELETE FROM associations WHERE {where}", args)
             if not removed:
                 raise NotFound("association", f"{a.resource_type}/{a.channel}/{a.resource_id}")
 
     async def get_association(
         self, resource_type: str, channel: str, application_id: str, resource_id: str, entity_id: str | None
     ) -> Association:
-        row = await self._read_one(
-            f"SELECT {_ASSOCIATION_COLUMNS} FROM associations WHERE {_EXACT_ASSOCIATION}",
-            (resource_type, channel, resource_id, application_id, entity_id, entity_id),
-        )
+        where, args = _exact_association(resource_type, channel, application_id, resource_id, entity_id)
+        row = await self._read_one(f"SELECT {_ASSOCIATION_COLUMNS} FROM associations WHERE {where}", args)
         if row is None:
             raise NotFound("association", f"{resource_type}/{channel}/{resource_id}")
         return Association(*row)
@@ -364,6 +387,9 @@ class SQLStore(Store):
 
     # keys -----------------------------------------------------------------------------------------
     async def create_key(self, key: ApiKey) -> ApiKey:
+        return await self._retrying(lambda: self._create_key(key))
+
+    async def _create_key(self, key: ApiKey) -> ApiKey:
         entries = tuple(
             PlatformEntry(new_entry_key(), entry.application_id, entry.entity_id, entry.action)
             for entry in key.platform
@@ -430,6 +456,9 @@ class SQLStore(Store):
         return Page(_keys_from_rows(rows), page, size, total[0] if total else 0)
 
     async def update_key(self, key_id: str, update: KeyUpdate) -> ApiKey:
+        return await self._retrying(lambda: self._update_key(key_id, update))
+
+    async def _update_key(self, key_id: str, update: KeyUpdate) -> ApiKey:
         columns: dict[str, Any] = {}
         if update.name is not UNSET:
             columns["name"] = update.name

@@ -68,6 +68,8 @@ class SQLiteStore(SQLStore):
 
     # lifecycle ------------------------------------------------------------------------------------
     async def open(self) -> None:
+        if self._writer is not None:
+            return
         folder = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(folder):
             raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: folder {folder!r} does not exist")
@@ -83,6 +85,14 @@ class SQLiteStore(SQLStore):
             raise
 
     async def close(self) -> None:
+        """Waits for a write in progress, so the writer thread is never closed mid-transaction."""
+        if self._writer is not None:
+            async with self._lock:
+                await self._close()
+        else:
+            await self._close()
+
+    async def _close(self) -> None:
         reader, writer, executor = self._reader, self._writer, self._executor
         self._reader = self._writer = self._executor = None
         if reader is not None:
