@@ -30,7 +30,9 @@ SECRET = re.compile(r"[0-9a-f]{32}-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def run_keyscope(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_keyscope(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     environment = {name: value for name, value in os.environ.items() if name != "KEYSCOPE_STORE"}
     environment.update(env or {})
     return subprocess.run([*COMMAND, *args], capture_output=True, text=True, env=environment, cwd=cwd, timeout=60)
@@ -100,7 +102,8 @@ def column_starts(line: str) -> list[int]:
 def test_apps_create_list_show_rename_delete(cli: Run, api: TestClient) -> None:
     created = ok(cli("apps", "create", "mkt", "--name", "Marketing"))
     assert "mkt" in created and "Marketing" in created
-    assert api.get("/provisioning/1/applications/mkt").json() == {"applicationId": "mkt", "applicationName": "Marketing"}
+    stored = api.get("/provisioning/1/applications/mkt").json()
+    assert stored == {"applicationId": "mkt", "applicationName": "Marketing"}
 
     listed = ok(cli("apps", "list")).splitlines()
     assert rows("\n".join(listed[:3])) == [["APPLICATION ID", "NAME"], ["default", "Default"], ["mkt", "Marketing"]]
@@ -141,7 +144,9 @@ def test_entities_json_is_the_api_answer_with_paging(cli: Run, api: TestClient) 
 def test_delete_prints_what_the_cascade_removed(cli: Run, api: TestClient) -> None:
     api.post("/provisioning/1/applications", json={"applicationId": "mkt"})
     api.post("/provisioning/1/entities", json={"entityId": "c1"})
-    association = {"resourceType": "NUMBER", "channel": "SMS", "applicationId": "mkt", "entityId": "c1", "resourceId": "N1"}
+    association = {
+        "resourceType": "NUMBER", "channel": "SMS", "applicationId": "mkt", "entityId": "c1", "resourceId": "N1"
+    }
     assert api.post("/provisioning/1/associations", json=association).status_code == 201
     key = api.post("/settings/2/api-keys", json={"name": "k", "platform": [{"applicationId": "mkt", "entityId": "c1"}]})
     key_id = key.json()["id"]
@@ -163,8 +168,12 @@ def test_delete_prints_what_the_cascade_removed(cli: Run, api: TestClient) -> No
 def test_associations_create_list_show_delete(cli: Run, api: TestClient) -> None:
     api.post("/provisioning/1/applications", json={"applicationId": "mkt"})
     api.post("/provisioning/1/entities", json={"entityId": "c1"})
-    which = ["--resource-type", "NUMBER", "--channel", "SMS", "--application", "mkt", "--entity", "c1", "--resource-id", "N1"]
-    expected = {"resourceType": "NUMBER", "channel": "SMS", "applicationId": "mkt", "entityId": "c1", "resourceId": "N1"}
+    which = [
+        "--resource-type", "NUMBER", "--channel", "SMS", "--application", "mkt", "--entity", "c1", "--resource-id", "N1"
+    ]
+    expected = {
+        "resourceType": "NUMBER", "channel": "SMS", "applicationId": "mkt", "entityId": "c1", "resourceId": "N1"
+    }
 
     created = ok(cli("associations", "create", *which))
     assert ["NUMBER", "SMS", "N1", "mkt", "c1"] in rows(created)
@@ -174,7 +183,7 @@ def test_associations_create_list_show_delete(cli: Run, api: TestClient) -> None
     assert filtered == api.get("/provisioning/1/associations", params={"channel": "EMAIL"}).json()
     assert filtered["results"] == []
 
-    single = api.get("/provisioning/1/associations/single", params={k: v for k, v in expected.items()}).json()
+    single = api.get("/provisioning/1/associations/single", params=expected).json()
     assert ok_json(cli("associations", "show", *which, "--json")) == single == expected
 
     ok(cli("associations", "delete", *which))

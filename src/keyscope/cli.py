@@ -47,6 +47,10 @@ class Refused(Exception):
         self.hint = hint
 
 
+class UsageError(Exception):
+    """A command line that argparse accepts but that asks for nothing: exit 2, like argparse's own errors."""
+
+
 class StoreProblem(Exception):
     """The store URL is unusable or the store cannot be opened: one line, exit 2."""
 
@@ -119,12 +123,11 @@ def text(value: object) -> str:
     return str(value)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Aligned columns, two spaces apart."""
-    widths = [max([len(header), *(len(row[i]) for row in rows)]) for i, header in enumerate(headers)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [headers, *rows]
-    )
+def table(headers: Sequence[str] | None, rows: Sequence[Sequence[str]]) -> str:
+    """Aligned columns, two spaces apart, under a header line unless `headers` is None."""
+    lines = [*([headers] if headers is not None else []), *rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))] if lines else []
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
 
 
 def record(obj: dict[str, Any]) -> str:
@@ -138,7 +141,7 @@ def record(obj: dict[str, Any]) -> str:
             nested.append((field, value))
         else:
             rows.append((field, text(value)))
-    parts = [table(("FIELD", "VALUE"), rows).split("\n", 1)[1]] if rows else []
+    parts = [table(None, rows)] if rows else []
     for field, items in nested:
         headers = list(dict.fromkeys(name for item in items for name in item))
         parts.append(f"{field}:\n" + table(headers, [[text(item.get(h)) for h in headers] for item in items]))
@@ -357,8 +360,7 @@ def update_body(args: argparse.Namespace) -> dict[str, Any]:
     elif args.link is not None:
         body["platform"] = args.link
     if not body:
-        raise UsageError("keys update: nothing to change; give --name, --valid-from, --valid-to, --allowed-ip, "
-                         "--link or --primary")
+        raise UsageError("nothing to change: give --name, --valid-from, --valid-to, --allowed-ip, --link or --primary")
     return body
 
 
@@ -390,14 +392,10 @@ async def key_delete(api: Api, args: argparse.Namespace) -> None:
     emit(args, answer, f"deleted key {args.id}")
 
 
-class UsageError(Exception):
-    """A command line that argparse accepts but that asks for nothing: exit 2."""
-
-
 # the command line -----------------------------------------------------------------------------------
 
 
-STORE_HELP = f"store URL (default: $KEYSCOPE_STORE, else {DEFAULT_STORE}; sqlite:////abs/path.db for an absolute path)"
+STORE_HELP = f"store URL (default: $KEYSCOPE_STORE, else {DEFAULT_STORE}; sqlite:////abs/path.db if absolute)"
 JSON_HELP = "print exactly the JSON the HTTP API answers"
 
 
@@ -418,7 +416,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
     def leaf(commands: argparse._SubParsersAction, name: str, command: Command, help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, parents=[common], help=help, description=help)
-        sub.set_defaults(command=command)
+        sub.set_defaults(command=command, parser=sub)
         return sub
 
     def paging(sub: argparse.ArgumentParser) -> None:
@@ -482,8 +480,12 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
     def relinking(sub: argparse.ArgumentParser) -> None:
         relink = sub.add_mutually_exclusive_group()
-        relink.add_argument("--link", metavar="LINK", type=parse_link, action="append", help=f"{link_help}; replaces all")
-        relink.add_argument("--primary", action="store_true", help="remove every link: the key may call every endpoint")
+        relink.add_argument(
+            "--link", metavar="LINK", type=parse_link, action="append", help=f"{link_help}; replaces all"
+        )
+        relink.add_argument(
+            "--primary", action="store_true", help="remove every link: the key may call every endpoint"
+        )
 
     sub = leaf(commands, "create", key_create, "create a key and print its secret, once")
     sub.add_argument("--name", required=True)
@@ -573,13 +575,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if getattr(args, "check", None) is not None:
-            args.check(args)
-    except SystemExit as exc:
+            try:
+                args.check(args)
+            except UsageError as exc:
+                args.parser.error(str(exc))
+    except SystemExit as exc:  # argparse's usage errors (2) and --help (0)
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
-    except UsageError as exc:
-        parser.print_usage(sys.stderr)
-        print(f"keyscope: error: {exc}", file=sys.stderr)
-        return 2
     if getattr(args, "command", None) is None:  # a command from another module: `serve`
         if getattr(args, "store", None) is None:
             args.store = args.global_store
@@ -593,6 +594,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(error_lines(exc.answer)), file=sys.stderr)
         if exc.hint:
             print(f"keyscope: hint: {exc.hint}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `keyscope keys list | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return 0
 
