@@ -1,0 +1,299 @@
+"""Step 1: which raw request targets and header sets are refused, and that whatever passes is canonical."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from keyscope import canonical
+from keyscope.errors import Refusal
+
+
+def reason(raw_path: bytes, query: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None,
+           method: bytes | str = b"GET") -> str | None:
+    try:
+        canonical.check(method, raw_path, query, headers or [])
+    except Refusal as refusal:
+        assert refusal.status == 400
+        assert refusal.step == "canonical"
+        assert refusal.detail
+        return refusal.reason
+    return None
+
+
+ACCEPTED = [
+    b"/",
+    b"/sms/3/messages",
+    b"/sms/3/messages/",  # trailing slash: just another (unlisted) path
+    b"/A/B/C",  # Envoy: no case folding
+    b"/.well-known/x",
+    b"/a/.b/..c/c..",
+    b"/a/b.c",
+    b"/ccaas/1/conversations/abc-123_x~y",
+    b"/a/%20b",
+    b"/a/%c3%a9",  # lower-case hex is accepted
+    b"/a/%C3%A9",
+    b"/a/!$&'()*+,=:@",
+    b"/a/%21%24%26%27%28%29%2A%2B%2C%3A%3D%40",  # encoded sub-delims stay as sent
+    b"/a/%22%3C%3E%5B%5D%5E%60%7B%7C%7D",
+]
+
+REFUSED = [
+    # absolute-, authority- and asterisk-form
+    (b"http://example.com/sms/3/messages", "absolute_form"),
+    (b"example.com:443", "absolute_form"),
+    (b"*", "absolute_form"),
+    (b"", "absolute_form"),
+    (b"a/b/../c", "absolute_form"),  # Envoy vector
+    # empty segments
+    (b"//", "empty_segment"),
+    (b"//admin", "empty_segment"),
+    (b"/a//b", "empty_segment"),
+    (b"/a/b//", "empty_segment"),
+    # dot segments, literal and in every encoding (Envoy vectors included)
+    (b"/.", "dot_segment"),
+    (b"/..", "dot_segment"),
+    (b"/a/.", "dot_segment"),
+    (b"/a/..", "dot_segment"),
+    (b"/a/./b", "dot_segment"),
+    (b"/a/b/../c", "dot_segment"),
+    (b"/a/b/../../../../c", "dot_segment"),
+    (b"/a/b/%2E%2E/c", "dot_segment"),
+    (b"/a/b/%2e%2e/c", "dot_segment"),
+    (b"/a/b/%2E./c", "dot_segment"),
+    (b"/a/b/.%2e/c", "dot_segment"),
+    (b"/a/b/%2e/c", "dot_segment"),
+    (b"/a/b/%2E", "dot_segment"),
+    (b"/info/%2e%2E/private", "dot_segment"),
+    # backslash (Envoy treats it as a separator: /a/..\c -> /c)
+    (b"/a/..\\c", "backslash"),
+    (b"/a\\b", "backslash"),
+    # encoded separators, NUL and percent
+    (b"/a/%2F%2f/c", "encoded_slash"),
+    (b"/admin%2F..", "encoded_slash"),
+    (b"/a%2fb", "encoded_slash"),
+    (b"/a%5Cb", "encoded_backslash"),
+    (b"/%5c%25", "encoded_backslash"),
+    (b"/a%00", "encoded_nul"),
+    (b"/xyz/.%00../abc", "encoded_nul"),
+    (b"/xyz/%00.%00./abc", "encoded_nul"),
+    (b"/a%25", "encoded_percent"),
+    (b"/a%252F..", "encoded_percent"),
+    (b"/a%0A", "encoded_control"),
+    (b"/a%0d", "encoded_control"),
+    (b"/a%7F", "encoded_control"),
+    (b"/a%3Bb", "encoded_delimiter"),
+    (b"/a%3fb", "encoded_delimiter"),
+    (b"/a%23b", "encoded_delimiter"),
+    # escapes of unreserved characters are not canonical
+    (b"/%41dmin", "encoded_unreserved"),
+    (b"/a%2eb", "encoded_unreserved"),
+    (b"/a%7e", "encoded_unreserved"),
+    (b"/a%5F", "encoded_unreserved"),
+    (b"/a%2D", "encoded_unreserved"),
+    (b"/a%30", "encoded_unreserved"),
+    # overlong and otherwise invalid UTF-8 in escapes
+    (b"/%c0%af", "invalid_utf8"),
+    (b"/%e0%80%af", "invalid_utf8"),
+    (b"/%c3", "invalid_utf8"),
+    (b"/%c3x%a9", "invalid_utf8"),
+    (b"/%ff", "invalid_utf8"),
+    # path parameters, fragments
+    (b"/admin;x=y/action", "semicolon"),
+    (b"/a;", "semicolon"),
+    (b"/abc#fragment", "fragment"),
+    # control, space, non-ASCII, other characters
+    (b"/a b", "control_char"),
+    (b"/a\tb", "control_char"),
+    (b"/a\x00b", "control_char"),
+    (b"/a\x7f", "control_char"),
+    (b"/caf\xc3\xa9", "non_ascii"),
+    (b"/a\xff", "non_ascii"),
+    (b'/a"b', "bad_char"),
+    (b"/a<b>", "bad_char"),
+    (b"/a{b}", "bad_char"),
+    (b"/a|b", "bad_char"),
+    (b"/a^b", "bad_char"),
+    (b"/a`b", "bad_char"),
+    (b"/a[0]", "bad_char"),
+    # malformed escapes (Envoy: /xyz/AAAAA%%0000/abc)
+    (b"/a%", "bad_escape"),
+    (b"/a%4", "bad_escape"),
+    (b"/a%G1", "bad_escape"),
+    (b"/a%1G", "bad_escape"),
+    (b"/xyz/AAAAA%%0000/abc", "bad_escape"),
+]
+
+
+@pytest.mark.parametrize("raw_path", ACCEPTED)
+def test_canonical_paths_are_accepted(raw_path: bytes) -> None:
+    assert reason(raw_path) is None
+
+
+@pytest.mark.parametrize(("raw_path", "expected"), REFUSED)
+def test_non_canonical_paths_are_refused(raw_path: bytes, expected: str) -> None:
+    assert reason(raw_path) == expected
+
+
+def test_refusal_names_the_field() -> None:
+    with pytest.raises(Refusal) as caught:
+        canonical.check("GET", b"/a/../b", b"", [])
+    assert caught.value.field == "path"
+    with pytest.raises(Refusal) as caught:
+        canonical.check("GET", b"/a", b"a=%zz", [])
+    assert caught.value.field == "query"
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (b"a=///c", None),  # Envoy: slashes in the query are not the path's business
+        (b"applicationId=app-a&entityId=e%20f", None),
+        (b"a=b+c&d=%C3%A9&e[]=1&f={x}|y", None),
+        (b"a=1;b=2", None),  # refused by scope, where ids are read, not here
+        (b"a=%2F%00%25", None),
+        (b"a=b#frag", "fragment"),
+        (b"a=b c", "control_char"),
+        (b"a=\x01", "control_char"),
+        (b"a=\x7f", "control_char"),
+        (b"a=caf\xc3\xa9", "non_ascii"),
+        (b"a=%", "bad_escape"),
+        (b"a=%4", "bad_escape"),
+        (b"a=%G1", "bad_escape"),
+    ],
+)
+def test_query_strings(query: bytes, expected: str | None) -> None:
+    assert reason(b"/sms/1/logs", query) == expected
+
+
+def test_over_long_targets_are_refused() -> None:
+    half = canonical.MAX_TARGET // 2
+    path = b"/" + b"a" * (half - 1)
+    assert reason(path, b"q" * half) is None
+    assert reason(path, b"q" * (half + 1)) == "too_long"
+    assert reason(b"/" + b"a" * canonical.MAX_TARGET) == "too_long"
+
+
+@pytest.mark.parametrize(("method", "expected"), [
+    (b"GET", None), ("POST", None), (b"PATCH", None), (b"get", "bad_method"), (b"GE T", "bad_method"),
+    (b"", "bad_method"), ("DEL\u00c9TE", "bad_method"),
+])
+def test_methods(method: bytes | str, expected: str | None) -> None:
+    assert reason(b"/a", method=method) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([(b"host", b"a"), (b"content-length", b"3"), (b"content-type", b"application/json")], None),
+        ([(b"x-forwarded-for", b"1.2.3.4"), (b"accept", b"*/*"), (b"accept", b"text/plain")], None),
+        ([(b"x-http-method-override", b"DELETE")], "method_override"),
+        ([(b"X-HTTP-Method-Override", b"DELETE")], "method_override"),
+        ([(b"x_http_method_override", b"DELETE")], "method_override"),
+        ([(b"x-http-method", b"PUT")], "method_override"),
+        ([(b"X-Method-Override", b"PUT")], "method_override"),
+        ([(b"x_method_override", b"PUT")], "method_override"),
+        ([(b"x-original-url", b"/admin")], "rewrite_header"),
+        ([(b"X-Rewrite-URL", b"/admin")], "rewrite_header"),
+        ([(b"x_rewrite_url", b"/admin")], "rewrite_header"),
+        ([(b"x-original-uri", b"/admin")], "rewrite_header"),
+        ([(b"content-length", b"3"), (b"transfer-encoding", b"chunked")], "content_length_and_transfer_encoding"),
+        ([(b"Transfer-Encoding", b"chunked"), (b"Content-Length", b"3")], "content_length_and_transfer_encoding"),
+        ([(b"content-length", b"3"), (b"transfer_encoding", b"chunked")], "content_length_and_transfer_encoding"),
+        ([(b"content-length", b"3"), (b"content-length", b"3")], "duplicate_content_length"),
+        ([(b"content-length", b"3"), (b"Content_Length", b"4")], "duplicate_content_length"),
+        ([(b"host", b"a"), (b"Host", b"b")], "duplicate_host"),
+        ([(b"content-type", b"application/json"), (b"content-type", b"text/xml")], "duplicate_content_type"),
+        ([(b"content-encoding", b"gzip"), (b"content-encoding", b"br")], "duplicate_content_encoding"),
+        ([(b"transfer-encoding", b"chunked")], None),
+    ],
+)
+def test_headers(headers: list[tuple[bytes, bytes]], expected: str | None) -> None:
+    assert reason(b"/sms/3/messages", headers=headers) == expected
+
+
+def test_reasons_are_documented() -> None:
+    reasons = {expected for _, expected in REFUSED} | {"too_long", "bad_method", "method_override", "rewrite_header"}
+    for code in reasons:
+        assert code in (canonical.__doc__ or ""), code
+
+
+# --- property: whatever check() accepts is already canonical -------------------------------------------
+
+_UNRESERVED = re.compile(rb"%([46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DdEe]|5[Ff]|7[Ee])")
+
+
+def _decode_unreserved(path: bytes) -> bytes:
+    def one(match: re.Match[bytes]) -> bytes:
+        value = int(match.group(1), 16)
+        char = bytes((value,))
+        return char if char.isalnum() or char in b"-._~" else match.group(0)
+
+    return _UNRESERVED.sub(one, path)
+
+
+def _remove_dot_segments(path: bytes) -> bytes:
+    """RFC 3986 section 5.2.4, written out as the RFC states it."""
+    out: list[bytes] = []
+    data = path
+    while data:
+        if data.startswith(b"../"):
+            data = data[3:]
+        elif data.startswith(b"./"):
+            data = data[2:]
+        elif data.startswith(b"/./"):
+            data = data[2:]
+        elif data == b"/.":
+            data = b"/"
+        elif data.startswith(b"/../"):
+            data = data[3:]
+            if out:
+                out.pop()
+        elif data == b"/..":
+            data = b"/"
+            if out:
+                out.pop()
+        elif data in (b".", b".."):
+            data = b""
+        else:
+            start = 1 if data.startswith(b"/") else 0
+            end = data.find(b"/", start)
+            end = len(data) if end < 0 else end
+            out.append(data[:end])
+            data = data[end:]
+    return b"".join(out)
+
+
+def _normalise(path: bytes) -> bytes:
+    path = _decode_unreserved(path)
+    path = re.sub(rb"/{2,}", b"/", path)
+    return _remove_dot_segments(path)
+
+
+_PIECES = [b"/", b"a", b"Z", b"0", b".", b"..", b"%2e", b"%2E", b"%2F", b"%2f", b"%41", b"%61", b"%7e", b"%7E",
+           b"%5c", b"%00", b"%25", b"%20", b"%c3%a9", b"%C3", b"%a9", b";", b"\\", b"%", b"%G", b"~", b"-", b"_",
+           b":", b"@", b"!", b"=", b"+", b"#", b" ", b"\xc3\xa9", b"%3B", b"%2D", b"%5F"]
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(_PIECES), max_size=12).map(b"".join))
+def test_accepted_paths_are_unchanged_by_normalisation(raw: bytes) -> None:
+    path = raw if raw.startswith(b"/") else b"/" + raw
+    if reason(path) is None:
+        assert _normalise(path) == path
+
+
+_SEGMENT_CHARS = st.sampled_from([b"a", b"B", b"7", b"-", b"_", b"~", b".", b"!", b"$", b"'", b"(", b"*", b",",
+                                  b"=", b":", b"@", b"%20", b"%C3%A9", b"%e2%82%ac", b"%2B"])
+_SEGMENT = st.lists(_SEGMENT_CHARS, min_size=1, max_size=6).map(b"".join).filter(lambda s: s not in (b".", b".."))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_SEGMENT, min_size=1, max_size=6), st.booleans())
+def test_canonical_paths_are_always_accepted(segments: list[bytes], trailing: bool) -> None:
+    path = b"/" + b"/".join(segments) + (b"/" if trailing else b"")
+    assert reason(path) is None
+    assert _normalise(path) == path
