@@ -598,6 +598,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `keyscope keys list | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 
