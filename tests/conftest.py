@@ -1,27 +1,70 @@
 """Shared fixtures: async tests run on asyncio through anyio's pytest plugin.
 
-`store_url` is parametrised over the store kinds in `STORE_KINDS` (default just "sqlite"; set
-`KEYSCOPE_TEST_STORES=sqlite,postgresql` once a kind has a factory in `STORE_URLS`), so every test that takes
-`store_url` or `store` runs once per kind.
+`store_url` is parametrised over the store kinds in `STORE_KINDS`: "sqlite" by default, or the comma-separated
+kinds in `KEYSCOPE_TEST_STORES` (e.g. `sqlite,postgresql`). Every test that takes `store_url` or `store` runs
+once per kind, each time on a fresh, empty database. A new kind needs one factory in `STORE_URLS`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
 
 from keyscope.store import Store, store_from_url
 
-# kind -> how a test gets a fresh, empty store URL of that kind
-STORE_URLS: dict[str, Callable[[Path], str]] = {
-    "sqlite": lambda tmp_path: f"sqlite:///{tmp_path}/keyscope.db",
-}
+# The PostgreSQL server the "postgresql" kind creates its throwaway databases on (trust auth).
+PG_SERVER = os.environ.get("KEYSCOPE_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 
-STORE_KINDS: list[str] = [kind.strip() for kind in os.environ.get("KEYSCOPE_TEST_STORES", "sqlite").split(",")
-                          if kind.strip()]
+
+@contextmanager
+def _sqlite_url(tmp_path: Path) -> Iterator[str]:
+    yield f"sqlite:///{tmp_path}/keyscope.db"
+
+
+def _pg_admin(statement: str) -> None:
+    """Runs one statement on the server's `test` database, on a thread of its own so that it never meets the
+    event loop of the test being set up."""
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(f"{PG_SERVER}/test")
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        thread.submit(asyncio.run, run()).result()
+
+
+@contextmanager
+def _postgresql_url(tmp_path: Path) -> Iterator[str]:
+    name = f"keyscope_test_{secrets.token_hex(6)}"
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        _pg_admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+# kind -> a context manager giving the URL of a fresh, empty store of that kind (and cleaning up after)
+STORE_URLS: dict[str, Callable[[Path], AbstractContextManager[str]]] = {
+    "sqlite": _sqlite_url,
+    "postgresql": _postgresql_url,
+}
+# pytest marks per kind, so `-m "not postgres"` deselects the runs that need the server
+_MARKS = {"postgresql": [pytest.mark.postgres]}
+
+STORE_KINDS: list[str] = [
+    kind.strip() for kind in os.environ.get("KEYSCOPE_TEST_STORES", "sqlite").split(",") if kind.strip()
+]
 _unknown = sorted(set(STORE_KINDS) - set(STORE_URLS))
 if _unknown:
     raise pytest.UsageError(f"KEYSCOPE_TEST_STORES names unknown store kinds {_unknown}; known: {sorted(STORE_URLS)}")
@@ -32,9 +75,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(params=STORE_KINDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return STORE_URLS[request.param](tmp_path)
+@pytest.fixture(params=[pytest.param(kind, marks=_MARKS.get(kind, [])) for kind in STORE_KINDS])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with STORE_URLS[request.param](tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

@@ -67,8 +67,14 @@ async def seed(store: Store) -> None:
         await store.create_entity(Entity(entity, entity.upper()))
 
 
-def sqlite_path(store_url: str) -> str:
-    return store_url[len("sqlite:///") :]
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """For the tests about the SQLite file itself (the rule tests take `store` and run on every kind)."""
+    return f"sqlite:///{tmp_path}/keyscope.db"
+
+
+def sqlite_path(url: str) -> str:
+    return url[len("sqlite:///") :]
 
 
 # applications and entities ----------------------------------------------------------------------------
@@ -492,8 +498,8 @@ async def _snapshot(store: Store) -> tuple[object, ...]:
         "BEFORE UPDATE ON meta",  # fails at the revision bump, after everything else
     ],
 )
-async def test_a_cascade_failing_halfway_leaves_the_store_as_before(store_url: str, failing_step: str) -> None:
-    store = store_from_url(store_url)
+async def test_a_cascade_failing_halfway_leaves_the_store_as_before(sqlite_url: str, failing_step: str) -> None:
+    store = store_from_url(sqlite_url)
     await store.open()
     try:
         await seed(store)
@@ -501,27 +507,32 @@ async def test_a_cascade_failing_halfway_leaves_the_store_as_before(store_url: s
         await store.create_key(new_key(("app-a", None))[0])
         await store.create_key(new_key(("app-a", "ent-x"), ("app-b", None))[0])
         before = await _snapshot(store)
-        _trigger(sqlite_path(store_url), f"CREATE TRIGGER fail {failing_step} BEGIN SELECT RAISE(ABORT, 'injected'); END")
+        _trigger(sqlite_path(sqlite_url), f"CREATE TRIGGER fail {failing_step} BEGIN SELECT RAISE(ABORT, 'injected'); END")
         with pytest.raises(StoreError, match="injected"):
             await store.delete_application("app-a")
         assert await _snapshot(store) == before
         # and the store still works afterwards
-        _trigger(sqlite_path(store_url), "DROP TRIGGER fail")
+        _trigger(sqlite_path(sqlite_url), "DROP TRIGGER fail")
         assert (await store.delete_application("app-a")).keys_disabled != ()
     finally:
         await store.close()
 
 
-async def test_a_delete_bypassing_the_cascade_cannot_widen_a_key(store_url: str, store: Store) -> None:
+async def test_a_delete_bypassing_the_cascade_cannot_widen_a_key(sqlite_url: str) -> None:
     """Key entries reference ids without ON DELETE CASCADE: a raw delete fails instead of making a key primary."""
-    await seed(store)
-    key = await store.create_key(new_key(("app-a", None))[0])
-    conn = sqlite3.connect(sqlite_path(store_url))
-    conn.execute("PRAGMA foreign_keys = ON")
-    with pytest.raises(sqlite3.IntegrityError):
-        conn.execute("DELETE FROM applications WHERE application_id = 'app-a'")
-    conn.close()
-    assert await store.get_key(key.id) == key
+    store = store_from_url(sqlite_url)
+    await store.open()
+    try:
+        await seed(store)
+        key = await store.create_key(new_key(("app-a", None))[0])
+        conn = sqlite3.connect(sqlite_path(sqlite_url))
+        conn.execute("PRAGMA foreign_keys = ON")
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("DELETE FROM applications WHERE application_id = 'app-a'")
+        conn.close()
+        assert await store.get_key(key.id) == key
+    finally:
+        await store.close()
 
 
 # files, processes and concurrency ---------------------------------------------------------------------
@@ -582,15 +593,13 @@ def test_processes_opening_a_fresh_file_at_once_migrate_once(tmp_path: Path) -> 
     conn.close()
 
 
-async def test_reopening_keeps_data_and_does_not_rerun_migrations(store_url: str) -> None:
+async def test_reopening_keeps_data(store_url: str) -> None:
     store = store_from_url(store_url)
     await store.open()
     await store.create_application(Application("kept", "Kept"))
     key = await store.create_key(new_key(("kept", None))[0])
     revision = await store.revision()
     await store.close()
-    path = sqlite_path(store_url)
-    applied = sqlite3.connect(path).execute("SELECT version, applied_at FROM schema_version").fetchall()
 
     reopened = store_from_url(store_url)
     await reopened.open()
@@ -598,29 +607,40 @@ async def test_reopening_keeps_data_and_does_not_rerun_migrations(store_url: str
         assert await reopened.get_application("kept") == Application("kept", "Kept")
         assert await reopened.get_key(key.id) == key
         assert await reopened.revision() == revision
-        assert sqlite3.connect(path).execute("SELECT version, applied_at FROM schema_version").fetchall() == applied
     finally:
         await reopened.close()
 
 
-async def test_a_newer_schema_is_refused(store_url: str) -> None:
-    store = store_from_url(store_url)
+async def test_reopening_does_not_rerun_migrations(sqlite_url: str) -> None:
+    store = store_from_url(sqlite_url)
     await store.open()
     await store.close()
-    with sqlite3.connect(sqlite_path(store_url)) as conn:
+    path = sqlite_path(sqlite_url)
+    applied = sqlite3.connect(path).execute("SELECT version, applied_at FROM schema_version").fetchall()
+    assert [version for version, _ in applied] == [1]
+    await store.open()
+    await store.close()
+    assert sqlite3.connect(path).execute("SELECT version, applied_at FROM schema_version").fetchall() == applied
+
+
+async def test_a_newer_schema_is_refused(sqlite_url: str) -> None:
+    store = store_from_url(sqlite_url)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(sqlite_path(sqlite_url)) as conn:
         conn.execute("INSERT INTO schema_version VALUES (999, 'from the future', '2030-01-01T00:00:00.000000+00:00')")
     conn.close()
     with pytest.raises(StoreUnavailable, match="newer"):
-        await store_from_url(store_url).open()
+        await store_from_url(sqlite_url).open()
 
 
-async def test_secrets_are_never_in_the_database_file(store_url: str) -> None:
-    store = store_from_url(store_url)
+async def test_secrets_are_never_in_the_database_file(sqlite_url: str) -> None:
+    store = store_from_url(sqlite_url)
     await store.open()
     key, secret = new_key()
     await store.create_key(key)
     await store.close()
-    path = Path(sqlite_path(store_url))
+    path = Path(sqlite_path(sqlite_url))
     files = [p for p in path.parent.iterdir() if p.name.startswith(path.name)]
     content = b"".join(p.read_bytes() for p in files)
     assert key.secret_hash.hex().encode() in content  # the scan does see what was stored
@@ -628,8 +648,8 @@ async def test_secrets_are_never_in_the_database_file(store_url: str) -> None:
         assert form not in content
 
 
-async def test_reads_go_on_while_another_process_holds_the_write_lock(store_url: str) -> None:
-    path = sqlite_path(store_url)
+async def test_reads_go_on_while_another_process_holds_the_write_lock(sqlite_url: str) -> None:
+    path = sqlite_path(sqlite_url)
     store = SQLiteStore(path, busy_timeout=30)
     await store.open()
     try:
@@ -651,8 +671,8 @@ async def test_reads_go_on_while_another_process_holds_the_write_lock(store_url:
         await store.close()
 
 
-async def test_a_write_lock_held_too_long_is_unavailable_not_a_hang(store_url: str) -> None:
-    path = sqlite_path(store_url)
+async def test_a_write_lock_held_too_long_is_unavailable_not_a_hang(sqlite_url: str) -> None:
+    path = sqlite_path(sqlite_url)
     store = SQLiteStore(path, busy_timeout=0.1)
     await store.open()
     holder = sqlite3.connect(path, isolation_level=None)
