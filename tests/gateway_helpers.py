@@ -60,25 +60,27 @@ def stop(process: subprocess.Popen[bytes] | None) -> None:
 class Echo:
     port: int
     process: subprocess.Popen[bytes]
+    client: httpx.Client = field(repr=False)
 
     @classmethod
     def start(cls) -> Echo:
         port = free_port()
         process = subprocess.Popen([PYTHON, "-m", "keyscope.echo", "--port", str(port)])
         wait_listening(port, process, "echo backend")
-        return cls(port, process)
+        return cls(port, process, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30))
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def log(self) -> list[dict[str, Any]]:
-        return httpx.get(f"{self.url}/__echo/log").json()
+        return self.client.get("/__echo/log").json()
 
     def clear(self) -> None:
-        httpx.delete(f"{self.url}/__echo/log")
+        self.client.delete("/__echo/log")
 
     def stop(self) -> None:
+        self.client.close()
         stop(self.process)
 
 
