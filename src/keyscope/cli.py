@@ -511,8 +511,77 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     relinking(sub)
     leaf(commands, "delete", key_delete, "delete a key").add_argument("id", metavar="ID")
 
+    sub = groups.add_parser(
+        "explain",
+        parents=[common],
+        help="show, step by step, what the gateway would decide about a request (nothing is forwarded)",
+        description="Show, step by step, what the gateway would decide about a request; nothing is forwarded. "
+        "Exit status: 0 allowed, 1 refused, 2 usage or store problem.",
+    )
+    who = sub.add_mutually_exclusive_group(required=True)
+    who.add_argument("--key", metavar="SECRET", help="the API key secret the request carries ('-' reads it from stdin)")
+    who.add_argument("--key-id", metavar="ID", help="a key chosen by id (its secret is not checked)")
+    sub.add_argument("method", metavar="METHOD", help="GET, POST, ...")
+    sub.add_argument("target", metavar="TARGET", help="the request target as sent: /path?query")
+    sub.add_argument("--body", metavar="FILE", help="the request body, read from FILE ('-' for stdin)")
+    sub.add_argument("--content-type", metavar="T", help="the request's Content-Type")
+    sub.add_argument("--client-ip", metavar="ADDR", help="the caller's address, for keys with allowed IPs")
+    sub.add_argument("--endpoints", metavar="FILE", help="the allowlist (default: the packaged endpoints.yaml)")
+    sub.set_defaults(run=run_explain, parser=sub)
+
     add_serve(groups, argv)
     return parser
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    """`keyscope explain`: 0 when the gateway would let the request through, 1 when it would refuse it."""
+    from . import explain
+    from .endpoints import EndpointsError
+    from .endpoints import load as load_endpoints
+
+    try:
+        endpoints = load_endpoints(args.endpoints)
+        secret = sys.stdin.readline().strip() if args.key == "-" else args.key
+        body = b""
+        if args.body == "-":
+            body = sys.stdin.buffer.read()
+        elif args.body is not None:
+            with open(args.body, "rb") as file:
+                body = file.read()
+    except (EndpointsError, OSError) as exc:
+        print(f"keyscope: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+
+    async def decide() -> explain.Explanation:
+        url = getattr(args, "store", None) or args.global_store or os.environ.get("KEYSCOPE_STORE") or DEFAULT_STORE
+        store = await open_store(url)
+        try:
+            return await explain.explain(
+                store,
+                endpoints,
+                args.method,
+                args.target,
+                secret=secret,
+                key_id=args.key_id,
+                body=body,
+                content_type=args.content_type,
+                client=args.client_ip,
+            )
+        finally:
+            await store.close()
+
+    try:
+        result = asyncio.run(decide())
+    except (StoreProblem, explain.KeyNotFound) as exc:
+        print(f"keyscope: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print(result.to_text())
+    return 0 if result.allowed else 1
 
 
 def add_serve(groups: argparse._SubParsersAction, argv: Sequence[str]) -> None:
@@ -581,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.parser.error(str(exc))
     except SystemExit as exc:  # argparse's usage errors (2) and --help (0)
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
-    if getattr(args, "command", None) is None:  # a command from another module: `serve`
+    if getattr(args, "command", None) is None:  # `serve` (from another module) and `explain`
         if getattr(args, "store", None) is None:
             args.store = args.global_store
         return int(args.run(args))
