@@ -1,0 +1,76 @@
+"""One extra loaded run with py-spy sampling the server under test: where its CPU goes, per function.
+
+py-spy is not a dependency: install it to use --profile (`.venv/bin/pip install py-spy`). The run that is
+profiled is not in the table (sampling slows the process down).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .procs import Server
+
+_LINE = re.compile(r":\d+\)$")
+
+
+def py_spy() -> str | None:
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def record(server: Server, out: Path, load: Callable[[], Any], rate: int = 250, top: int = 25) -> dict[str, str]:
+    tool = py_spy()
+    if tool is None:
+        return {"file": "-", "text": "py-spy is not installed (.venv/bin/pip install py-spy): no profile"}
+    sampler = subprocess.Popen(
+        [tool, "record", "--pid", str(server.process.pid), "--subprocesses", "--nonblocking", "--rate", str(rate),
+         "--format", "raw", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(1.0)
+    try:
+        load()
+    finally:
+        sampler.send_signal(subprocess.signal.SIGINT)
+        _, err = sampler.communicate(timeout=60)
+    if not out.exists():
+        return {"file": "-", "text": f"py-spy wrote nothing: {err.strip()[-300:]}"}
+    return {"file": str(out), "text": summarize(out.read_text(), top)}
+
+
+def summarize(collapsed: str, top: int) -> str:
+    """Top functions by own time (leaf frames) and by inclusive time, from py-spy's collapsed stacks."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        frames = [_LINE.sub(")", frame) for frame in stack.split(";")]
+        frames = [f for f in frames if not f.startswith("process ") and not f.startswith("thread ")]
+        if not frames:
+            continue
+        total += samples
+        own[frames[-1]] += samples
+        for frame in set(frames):
+            inclusive[frame] += samples
+    if not total:
+        return "no samples"
+    lines = [f"{total} samples; own time (the function itself):"]
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
+    # The chain from the program's entry down to the event loop is in every loop sample: leave it out.
+    chain = max(inclusive.values())
+    lines.append("inclusive time (the function and what it calls), below the event loop:")
+    below = [(name, n) for name, n in inclusive.most_common() if n < chain][:top]
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in below]
+    return "\n".join(lines)
