@@ -90,6 +90,7 @@ class Gateway:
     process: subprocess.Popen[bytes]
     store_url: str
     access_log: Path
+    error_log: Path
     client: httpx.Client = field(repr=False)
 
     @classmethod
@@ -97,15 +98,20 @@ class Gateway:
         port = free_port()
         store_url = f"sqlite:///{folder / 'keyscope.db'}"
         access_log = folder / "access.log"
+        error_log = folder / "stderr.log"
         environment = {k: v for k, v in os.environ.items() if not k.startswith("KEYSCOPE_")}
         environment.update(KEYSCOPE_ADMIN_TOKEN=ADMIN_TOKEN, **(env or {}))
         command = [PYTHON, "-m", "keyscope.server", "--upstream", upstream, "--store", store_url,
                    "--port", str(port), *extra]
-        with access_log.open("ab") as out:
-            process = subprocess.Popen(command, env=environment, stdout=out)
-        wait_listening(port, process, "keyscope serve")
+        with access_log.open("ab") as out, error_log.open("ab") as err:
+            process = subprocess.Popen(command, env=environment, stdout=out, stderr=err)
+        try:
+            wait_listening(port, process, "keyscope serve")
+        except RuntimeError as exc:
+            stop(process)
+            raise RuntimeError(f"{exc}: {error_log.read_text()[-2000:]}") from None
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-        return cls(port, process, store_url, access_log, client)
+        return cls(port, process, store_url, access_log, error_log, client)
 
     def stop(self) -> None:
         self.client.close()

@@ -9,7 +9,8 @@ Every request outside `/__echo/` is answered with
     {"method": ..., "path": <raw path>, "query": <raw query>, "headers": [[name, value], ...],
      "body": <text>, "bodyBase64": <base64, only when the body is not UTF-8>}
 
-and recorded (the last 10,000). Special paths, never recorded:
+and recorded (the last 10,000). Special paths, never recorded (also after a prefix, such as an upstream
+base path: `/base/__echo/slow` is `/__echo/slow`):
 
     GET    /__echo/log            the recorded requests, oldest first, as a JSON list
     DELETE /__echo/log            forget them
@@ -46,8 +47,9 @@ class EchoApp:
             return
         body = await _read_body(receive)
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        if raw_path.startswith(PREFIX):
-            await self._special(scope, raw_path[len(PREFIX):], body, send)
+        special = raw_path.find(PREFIX)
+        if special >= 0:
+            await self._special(scope, raw_path[special + len(PREFIX):], body, send)
             return
         record = describe(scope, body)
         self.log.append(record)
