@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -474,9 +475,8 @@ async def test_deleting_an_entity_removes_pair_entries_and_never_makes_a_key_pri
 
 
 def _trigger(path: str, sql: str) -> None:
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute(sql)
-    conn.close()
 
 
 async def _snapshot(store: Store) -> tuple[object, ...]:
@@ -587,10 +587,9 @@ def test_processes_opening_a_fresh_file_at_once_migrate_once(tmp_path: Path) -> 
     outputs = [proc.communicate(timeout=60) for proc in procs]
     assert [proc.returncode for proc in procs] == [0] * 4, outputs
     assert sorted(out.strip() for out, _ in outputs) == ["conflict"] * 3 + ["created"]
-    conn = sqlite3.connect(tmp_path / "shared.db")
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
-    assert conn.execute("SELECT COUNT(*) FROM applications").fetchone() == (2,)
-    conn.close()
+    with closing(sqlite3.connect(tmp_path / "shared.db")) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert conn.execute("SELECT COUNT(*) FROM applications").fetchone() == (2,)
 
 
 async def test_reopening_keeps_data(store_url: str) -> None:
@@ -616,20 +615,24 @@ async def test_reopening_does_not_rerun_migrations(sqlite_url: str) -> None:
     await store.open()
     await store.close()
     path = sqlite_path(sqlite_url)
-    applied = sqlite3.connect(path).execute("SELECT version, applied_at FROM schema_version").fetchall()
+    applied = _schema_versions(path)
     assert [version for version, _ in applied] == [1]
     await store.open()
     await store.close()
-    assert sqlite3.connect(path).execute("SELECT version, applied_at FROM schema_version").fetchall() == applied
+    assert _schema_versions(path) == applied
+
+
+def _schema_versions(path: str) -> list[tuple[int, str]]:
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute("SELECT version, applied_at FROM schema_version").fetchall()
 
 
 async def test_a_newer_schema_is_refused(sqlite_url: str) -> None:
     store = store_from_url(sqlite_url)
     await store.open()
     await store.close()
-    with sqlite3.connect(sqlite_path(sqlite_url)) as conn:
+    with closing(sqlite3.connect(sqlite_path(sqlite_url), isolation_level=None)) as conn:
         conn.execute("INSERT INTO schema_version VALUES (999, 'from the future', '2030-01-01T00:00:00.000000+00:00')")
-    conn.close()
     with pytest.raises(StoreUnavailable, match="newer"):
         await store_from_url(sqlite_url).open()
 
@@ -684,6 +687,33 @@ async def test_a_write_lock_held_too_long_is_unavailable_not_a_hang(sqlite_url: 
         await store.create_application(Application("blocked", None))
     finally:
         holder.close()
+        await store.close()
+
+
+async def test_a_cancelled_write_applies_nothing_and_leaves_no_lock_behind(sqlite_url: str) -> None:
+    path = sqlite_path(sqlite_url)
+    store = SQLiteStore(path, busy_timeout=30)
+    await store.open()
+    holder = sqlite3.connect(path, isolation_level=None)
+    other = sqlite3.connect(path, isolation_level=None, timeout=10)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        write = asyncio.ensure_future(store.create_application(Application("cancelled", None)))
+        await asyncio.sleep(0.05)  # let the write reach the writer thread; the outcome must not depend on it
+        write.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+        holder.execute("ROLLBACK")
+        # another process can take the write lock: the abandoned BEGIN was rolled back behind it
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+        with pytest.raises(NotFound):
+            await store.get_application("cancelled")
+        await store.create_application(Application("after", None))
+        assert await store.get_application("after") == Application("after", None)
+    finally:
+        holder.close()
+        other.close()
         await store.close()
 
 

@@ -49,9 +49,12 @@ def _commit(conn: sqlite3.Connection) -> None:
     conn.execute("COMMIT")
 
 
-def _rollback(conn: sqlite3.Connection) -> None:
-    if conn.in_transaction:
-        conn.execute("ROLLBACK")
+def _rollback_quietly(conn: sqlite3.Connection) -> None:
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass  # the caller is already failing with a better error; the next BEGIN starts clean
 
 
 class SQLiteStore(SQLStore):
@@ -149,16 +152,25 @@ class SQLiteStore(SQLStore):
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[_WriteTransaction]:
         async with self._lock:
-            await self._on_writer(_begin)
             try:
+                await self._on_writer(_begin)
                 yield _WriteTransaction(self)
+                await self._on_writer(_commit)
             except BaseException:
-                try:
-                    await self._on_writer(_rollback)
-                except StoreError:
-                    pass  # the original error says more; the next BEGIN rolls back whatever is left
+                self._abandon()
                 raise
-            await self._on_writer(_commit)
+
+    def _abandon(self) -> None:
+        """Queues a rollback on the writer thread without waiting for it.
+
+        A statement already handed to that thread (a BEGIN waiting for another process's lock, say) runs
+        to its end whatever happens to the task that sent it; a cancelled caller must not wait for it. The
+        rollback runs right behind it, before any later write (the thread takes jobs in order), so the
+        file's write lock is never left held by an abandoned transaction.
+        """
+        writer, executor = self._writer, self._executor
+        if writer is not None and executor is not None:
+            executor.submit(_rollback_quietly, writer)
 
     # reads: synchronous, on the query-only connection ---------------------------------------------
     def _query(self, sql: str, args: Args) -> list[Row]:
