@@ -736,6 +736,12 @@ async def test_a_folder_or_a_non_database_file_is_unavailable(tmp_path: Path) ->
         await store_from_url(f"sqlite:///{junk}").open()
 
 
+async def test_an_unwritable_location_is_unavailable() -> None:
+    """/proc exists but no file can be created there, not even by root."""
+    with pytest.raises(StoreUnavailable, match="cannot open SQLite store '/proc/keyscope-test.db'"):
+        await store_from_url("sqlite:////proc/keyscope-test.db").open()
+
+
 async def test_a_closed_store_is_unavailable(store_url: str) -> None:
     store = store_from_url(store_url)
     await store.open()
