@@ -150,7 +150,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_keys(
         self, page: int, size: int, name: str | None = None, enabled: bool | None = None
-    ) -> Page[ApiKey]: ...
+    ) -> Page[ApiKey]:
+        """Ordered by id; `name` matches a substring of the key's name, case-insensitively."""
 
     @abc.abstractmethod
     async def update_key(self, key_id: str, update: KeyUpdate) -> ApiKey:
