@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
 import json
 import os
 import platform
 import secrets
 import shutil
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -39,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from gateway import procs, profile  # noqa: E402
+from gateway import procs, profile, report, verify  # noqa: E402
 from gateway.load import Generator, Request  # noqa: E402
 
 FORMAT = 1
@@ -227,7 +225,7 @@ class Bench:
         """Start what the row needs and check one request; the problems found (empty: ready)."""
         try:
             _, _, port = self.target(row)
-            return precheck(port, self.requests[row.request], row)
+            return verify.precheck(port, self.requests[row.request], row.status)
         except (RuntimeError, OSError) as exc:
             return [f"start-up: {exc}"]
 
@@ -242,6 +240,8 @@ class Bench:
     def profile(self, row: Row) -> dict[str, str]:
         server, backend, port = self.target(row)
         request = self.requests[row.request]
+        if self.args.warmup > 0:  # idle pooled connections were closed by the backend meanwhile: reopen them first
+            self.generator.run(port, request, self.args.connections, self.args.warmup, self.placement.loadgen)
         return profile.record(
             server or backend, self.run_dir / f"profile-{row.id}.txt",
             lambda: self.generator.run(port, request, self.args.connections, self.args.duration,
@@ -250,32 +250,36 @@ class Bench:
 
     def _run(self, row: Row, server: procs.Server | None, backend: procs.Server, port: int,
              request: Request) -> dict[str, Any]:
-        count_before = settle(backend.port)
+        served_before, connections_before = verify.settle(backend.port)
         server_before = server.cpu_ticks() if server is not None else 0
         backend_before = backend.cpu_ticks()
         busy_before = procs.system_busy_ticks()
         self_before = os.times()
-        report, loadgen_cpu = self.generator.run(
+        wall_before = time.monotonic()
+        outcome, loadgen_cpu = self.generator.run(
             port, request, self.args.connections, self.args.duration, self.placement.loadgen
         )
         busy = procs.system_busy_ticks() - busy_before
+        wall = time.monotonic() - wall_before
         self_times = os.times()
         server_ticks = server.cpu_ticks() - server_before if server is not None else None
         backend_ticks = backend.cpu_ticks() - backend_before
-        reached = settle(backend.port) - count_before
-        requests = int(report["requests"])
-        seconds = report["duration_us"] / 1e6
+        served_after, connections_after = verify.settle(backend.port)
+        requests = int(outcome["requests"])
+        seconds = outcome["duration_us"] / 1e6
         ours = ((server_ticks or 0) + backend_ticks) / procs.CLOCK_TICKS + loadgen_cpu + (
             (self_times.user - self_before.user) + (self_times.system - self_before.system))
         other = max(0.0, busy / procs.CLOCK_TICKS - ours)
         return {
-            **report,
+            **outcome,
             "rps": requests / seconds if seconds else 0.0,
             "server_cpu_us_per_req": _per_request(server_ticks, requests),
             "backend_cpu_us_per_req": _per_request(backend_ticks, requests),
-            "backend_reached": reached,
-            "loadgen_cpu_pct": 100 * loadgen_cpu / seconds if seconds else 0.0,
-            "other_cpu_pct": 100 * other / seconds if seconds else 0.0,
+            "backend_reached": served_after - served_before,
+            "backend_new_connections": connections_after - connections_before,
+            # Shares of one CPU over the whole window (the generator's start-up included).
+            "loadgen_cpu_pct": 100 * loadgen_cpu / wall,
+            "other_cpu_pct": 100 * other / wall,
         }
 
 
@@ -299,160 +303,6 @@ def _keyscope_entry() -> str:
     done = subprocess.run([sys.executable, "-m", "keyscope.cli", "serve", "--help"], capture_output=True,
                           env=_clean_env(), timeout=60)
     return "keyscope.cli" if done.returncode == 0 else "keyscope.server"
-
-
-# checking ------------------------------------------------------------------------------------------------
-def fetch(port: int, request: Request) -> tuple[int, bytes]:
-    connection = http.client.HTTPConnection(procs.HOST, port, timeout=10)
-    try:
-        connection.request(request.method, request.target, body=request.body or None, headers=dict(request.headers))
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
-
-
-def precheck(port: int, request: Request, row: Row) -> list[str]:
-    """One request before the load: the expected status and a body showing the request arrived as sent."""
-    status, body = fetch(port, request)
-    if status != row.status:
-        return [f"precheck: status {status}, expected {row.status}: {body[:200]!r}"]
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        return [f"precheck: answer is not JSON: {body[:200]!r}"]
-    if row.status == 403:
-        if answer.get("requestError", {}).get("serviceException", {}).get("messageId") != "UNAUTHORIZED":
-            return [f"precheck: not the legacy UNAUTHORIZED body: {body[:200]!r}"]
-        return []
-    path, _, query = request.target.partition("?")
-    seen = (answer.get("bench"), answer.get("method"), answer.get("path"), answer.get("query"),
-            answer.get("bodyLength"))
-    if seen != ("ok", request.method, path, query, len(request.body)):
-        return [f"precheck: the backend saw {seen}, expected {('ok', request.method, path, query, len(request.body))}"]
-    return []
-
-
-def check_runs(row: Row, runs: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
-    problems = []
-    for index, run in enumerate(runs, 1):
-        errors = {k: v for k, v in run["errors"].items() if k != "status" and v}
-        if errors:
-            problems.append(f"run {index}: socket errors {errors}")
-        unexpected = {s: n for s, n in run["statuses"].items() if int(s) != row.status}
-        if unexpected:
-            problems.append(f"run {index}: statuses {unexpected} besides {row.status}")
-        if not run["requests"]:
-            problems.append(f"run {index}: no requests completed")
-        if row.reaches_backend and not run["requests"] <= run["backend_reached"] <= run["requests"] + args.connections:
-            problems.append(f"run {index}: backend saw {run['backend_reached']} of {run['requests']} requests")
-        if not row.reaches_backend and run["backend_reached"]:
-            problems.append(f"run {index}: {run['backend_reached']} requests reached the backend")
-    return problems
-
-
-def settle(port: int, limit: float = 10.0) -> int:
-    """The backend's count once it stops moving: requests queued in a slow proxy arrive after the load ends."""
-    last = backend_count(port)
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        time.sleep(0.25)
-        now = backend_count(port)
-        if now == last:
-            return now
-        last = now
-    return last
-
-
-def backend_count(port: int) -> int:
-    status, body = fetch(port, Request("GET", "/__bench/count", ()))
-    if status != 200:
-        raise RuntimeError(f"backend count: status {status}")
-    return int(json.loads(body)["served"])
-
-
-# reporting -----------------------------------------------------------------------------------------------
-def summarize(result: dict[str, Any]) -> dict[str, Any]:
-    runs = result["runs"]
-
-    def median(key: str) -> float | None:
-        values = [run[key] for run in runs if run.get(key) is not None]
-        return statistics.median(values) if values else None
-
-    def latency(key: str) -> float | None:
-        values = [run["latency_us"][key] for run in runs]
-        return statistics.median(values) / 1000 if values else None
-
-    return {
-        "rps": median("rps"), "rps_runs": [round(run["rps"]) for run in runs],
-        "p50_ms": latency("p50"), "p99_ms": latency("p99"),
-        "server_cpu_us": median("server_cpu_us_per_req"), "backend_cpu_us": median("backend_cpu_us_per_req"),
-        "loadgen_cpu_pct": median("loadgen_cpu_pct"), "other_cpu_pct": median("other_cpu_pct"),
-    }
-
-
-def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    def value(row: str, key: str) -> float | None:
-        return summary.get(row, {}).get(key)
-
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return a / b if a is not None and b else None
-
-    mw = ratio(value("mw-keyscope", "server_cpu_us"), value("mw-bare", "server_cpu_us"))
-    rows = [
-        ("keyscope POST CPU/req / bare aiohttp CPU/req", ("ks-post", "aiohttp"),
-         ratio(value("ks-post", "server_cpu_us"), value("aiohttp", "server_cpu_us")), "<= 1.0", lambda v: v <= 1.0),
-        ("keyscope POST req/s / tutorial proxy req/s", ("ks-post", "tutorial"),
-         ratio(value("ks-post", "rps"), value("tutorial", "rps")), ">= 10", lambda v: v >= 10),
-        ("refusal CPU/req / forwarded POST CPU/req", ("ks-refused", "ks-post"),
-         ratio(value("ks-refused", "server_cpu_us"), value("ks-post", "server_cpu_us")), "< 0.25", lambda v: v < 0.25),
-        ("middleware CPU/req added to bare Starlette app", ("mw-keyscope", "mw-bare"),
-         mw - 1 if mw is not None else None, "< 15%", lambda v: v < 0.15),
-        ("--workers 2 req/s / --workers 1 req/s", ("ks-w2", "ks-w1"),
-         ratio(value("ks-w2", "rps"), value("ks-w1", "rps")), "> 1", lambda v: v > 1),
-    ]
-    return [
-        {"target": name, "rows": list(pair), "value": v, "goal": goal, "met": None if v is None else bool(test(v))}
-        for name, pair, v, goal, test in rows
-    ]
-
-
-def _fmt(value: float | None, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
-def table(results: list[dict[str, Any]], summary: dict[str, dict[str, Any]]) -> str:
-    direct = summary.get("direct", {}).get("rps")
-    bare = summary.get("aiohttp", {}).get("server_cpu_us")
-    lines = [
-        "| row | req/s | runs | p50 ms | p99 ms | server CPU µs/req | backend CPU µs/req | req/s / direct "
-        "| CPU / bare aiohttp | loadgen CPU % | other CPU % | check |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for result in results:
-        s = summary[result["row"]]
-        check = "ok" if not result["problems"] else "FLAGGED"
-        rps_ratio = s["rps"] / direct if s["rps"] is not None and direct else None
-        cpu_ratio = s["server_cpu_us"] / bare if s["server_cpu_us"] is not None and bare else None
-        lines.append(
-            f"| {result['row']}: {result['label']} | {_fmt(s['rps'])} | {s['rps_runs']} | {_fmt(s['p50_ms'], 2)} "
-            f"| {_fmt(s['p99_ms'], 2)} | {_fmt(s['server_cpu_us'])} | {_fmt(s['backend_cpu_us'])} "
-            f"| {_fmt(rps_ratio, 2)} | {_fmt(cpu_ratio, 2)} | {_fmt(s['loadgen_cpu_pct'])} "
-            f"| {_fmt(s['other_cpu_pct'])} | {check} |"
-        )
-    return "\n".join(lines)
-
-
-def target_table(rows: list[dict[str, Any]], flagged: set[str]) -> str:
-    lines = ["| target (issue 6) | value | goal | met |", "|---|---:|---|---|"]
-    for t in rows:
-        value = t["value"]
-        shown = "-" if value is None else (f"{value:+.0%}" if t["goal"].endswith("%") else f"{value:.2f}")
-        met = "-" if t["met"] is None else ("yes" if t["met"] else "NO")
-        if set(t["rows"]) & flagged:
-            met += " (row flagged)"
-        lines.append(f"| {t['target']} | {shown} | {t['goal']} | {met} |")
-    return "\n".join(lines)
 
 
 def versions() -> dict[str, str]:
@@ -528,15 +378,17 @@ def main(argv: list[str] | None = None) -> int:
                 except (RuntimeError, OSError) as exc:
                     results[row.id]["problems"].append(f"run {number}: {exc}")
         for row in ready:
-            results[row.id]["problems"] += check_runs(row, results[row.id]["runs"], args)
+            results[row.id]["problems"] += verify.check_runs(
+                results[row.id]["runs"], row.status, row.reaches_backend, args.connections
+            )
             if row.id in args.profile:
                 print(f"  profiling {row.id}", file=sys.stderr, flush=True)
                 results[row.id]["profile"] = bench.profile(row)
     finally:
         bench.stop_all()
     results = list(results.values())
-    summary = {r["row"]: summarize(r) for r in results}
-    goals = targets(summary)
+    summary = {r["row"]: report.summarize(r) for r in results}
+    goals = report.targets(summary)
     flagged = {r["row"] for r in results if r["problems"]}
     bench.notes.append(f"load generator: {bench.generator.description}")
     bench.notes.append("keyscope: `python -m " + bench.keyscope_module + " serve` with defaults (access log on, "
@@ -552,9 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n## keyscope gateway benchmark ({stamp}, format {FORMAT})\n")
     print(f"POST /sms/2/text/advanced with a {BODY_SIZE}-byte JSON body unless the row says GET; "
           f"c{args.connections}, {args.runs} x {args.duration:g}s per row (req/s is the median of the runs).\n")
-    print(table(results, summary))
+    print(report.table(results, summary))
     print()
-    print(target_table(goals, flagged))
+    print(report.target_table(goals, flagged))
     print()
     for note in bench.notes:
         print(f"- {note}")

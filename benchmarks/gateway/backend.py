@@ -1,8 +1,9 @@
 """The benchmark's backend: raw ASGI, a 200-byte JSON answer, as cheap as uvicorn allows.
 
 Every answer echoes the method, raw path, query and body length (so a wrong forward shows), padded to exactly
-200 bytes. It counts what it served; `GET /__bench/count` (not counted) returns that number, so the benchmark
-can prove that forwarded rows reached it and that refusals did not.
+200 bytes. It counts what it served and the client ports it saw; `GET /__bench/count` (not counted) returns both, so
+the benchmark can prove that forwarded rows reached it, that refusals did not, and see whether a proxy keeps
+its upstream connections alive (ports are reused after a while, so that count is a lower bound).
 
     uvicorn --app-dir benchmarks/gateway backend:app
 """
@@ -23,6 +24,7 @@ def _json_headers(length: int) -> list[tuple[bytes, bytes]]:
 _HEADERS = _json_headers(SIZE)
 
 served = 0
+peers: set[int] = set()
 
 
 def answer(method: str, path: bytes, query: bytes, length: int) -> bytes:
@@ -54,10 +56,13 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         more = message.get("more_body", False)
     raw_path = scope.get("raw_path") or scope["path"].encode()
     if raw_path == COUNT_PATH:
-        body = json.dumps({"served": served}).encode()
+        body = json.dumps({"served": served, "connections": len(peers)}).encode()
         headers = _json_headers(len(body))
     else:
         served += 1
+        client = scope.get("client")
+        if client:
+            peers.add(client[1])
         body = answer(scope["method"], raw_path, scope["query_string"], length)
         headers = _HEADERS if len(body) == SIZE else _json_headers(len(body))
     await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -39,7 +40,7 @@ def record(server: Server, out: Path, load: Callable[[], Any], rate: int = 250, 
     try:
         load()
     finally:
-        sampler.send_signal(subprocess.signal.SIGINT)
+        sampler.send_signal(signal.SIGINT)
         _, err = sampler.communicate(timeout=60)
     if not out.exists():
         return {"file": "-", "text": f"py-spy wrote nothing: {err.strip()[-300:]}"}

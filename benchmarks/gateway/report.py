@@ -1,0 +1,89 @@
+"""The benchmark's output: per-row medians, the issue's target ratios, and the markdown tables (a stable format)."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    runs = result["runs"]
+
+    def median(key: str) -> float | None:
+        values = [run[key] for run in runs if run.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    def latency(key: str) -> float | None:
+        values = [run["latency_us"][key] for run in runs]
+        return statistics.median(values) / 1000 if values else None
+
+    return {
+        "rps": median("rps"), "rps_runs": [round(run["rps"]) for run in runs],
+        "p50_ms": latency("p50"), "p99_ms": latency("p99"),
+        "server_cpu_us": median("server_cpu_us_per_req"), "backend_cpu_us": median("backend_cpu_us_per_req"),
+        "loadgen_cpu_pct": median("loadgen_cpu_pct"), "other_cpu_pct": median("other_cpu_pct"),
+    }
+
+
+def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    def value(row: str, key: str) -> float | None:
+        return summary.get(row, {}).get(key)
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    mw = ratio(value("mw-keyscope", "server_cpu_us"), value("mw-bare", "server_cpu_us"))
+    rows = [
+        ("keyscope POST CPU/req / bare aiohttp CPU/req", ("ks-post", "aiohttp"),
+         ratio(value("ks-post", "server_cpu_us"), value("aiohttp", "server_cpu_us")), "<= 1.0", lambda v: v <= 1.0),
+        ("keyscope POST req/s / tutorial proxy req/s", ("ks-post", "tutorial"),
+         ratio(value("ks-post", "rps"), value("tutorial", "rps")), ">= 10", lambda v: v >= 10),
+        ("refusal CPU/req / forwarded POST CPU/req", ("ks-refused", "ks-post"),
+         ratio(value("ks-refused", "server_cpu_us"), value("ks-post", "server_cpu_us")), "< 0.25", lambda v: v < 0.25),
+        ("middleware CPU/req added to bare Starlette app", ("mw-keyscope", "mw-bare"),
+         mw - 1 if mw is not None else None, "< 15%", lambda v: v < 0.15),
+        ("--workers 2 req/s / --workers 1 req/s", ("ks-w2", "ks-w1"),
+         ratio(value("ks-w2", "rps"), value("ks-w1", "rps")), "> 1", lambda v: v > 1),
+    ]
+    return [
+        {"target": name, "rows": list(pair), "value": v, "goal": goal, "met": None if v is None else bool(test(v))}
+        for name, pair, v, goal, test in rows
+    ]
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def table(results: list[dict[str, Any]], summary: dict[str, dict[str, Any]]) -> str:
+    direct = summary.get("direct", {}).get("rps")
+    bare = summary.get("aiohttp", {}).get("server_cpu_us")
+    lines = [
+        "| row | req/s | runs | p50 ms | p99 ms | server CPU µs/req | backend CPU µs/req | req/s / direct "
+        "| CPU / bare aiohttp | loadgen CPU % | other CPU % | check |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for result in results:
+        s = summary[result["row"]]
+        check = "ok" if not result["problems"] else "FLAGGED"
+        rps_ratio = s["rps"] / direct if s["rps"] is not None and direct else None
+        cpu_ratio = s["server_cpu_us"] / bare if s["server_cpu_us"] is not None and bare else None
+        lines.append(
+            f"| {result['row']}: {result['label']} | {_fmt(s['rps'])} | {s['rps_runs']} | {_fmt(s['p50_ms'], 2)} "
+            f"| {_fmt(s['p99_ms'], 2)} | {_fmt(s['server_cpu_us'])} | {_fmt(s['backend_cpu_us'])} "
+            f"| {_fmt(rps_ratio, 2)} | {_fmt(cpu_ratio, 2)} | {_fmt(s['loadgen_cpu_pct'])} "
+            f"| {_fmt(s['other_cpu_pct'])} | {check} |"
+        )
+    return "\n".join(lines)
+
+
+def target_table(rows: list[dict[str, Any]], flagged: set[str]) -> str:
+    lines = ["| target (issue 6) | value | goal | met |", "|---|---:|---|---|"]
+    for t in rows:
+        value = t["value"]
+        shown = "-" if value is None else (f"{value:+.0%}" if t["goal"].endswith("%") else f"{value:.2f}")
+        met = "-" if t["met"] is None else ("yes" if t["met"] else "NO")
+        if set(t["rows"]) & flagged:
+            met += " (row flagged)"
+        lines.append(f"| {t['target']} | {shown} | {t['goal']} | {met} |")
+    return "\n".join(lines)
