@@ -64,6 +64,13 @@ class Answer:
     def ok(self) -> bool:
         return 200 <= self.status < 300
 
+    def problem(self, name: str) -> str | None:
+        """The message for a form field, including the API's indexed names (`allowedIPs[0]` for `allowedIPs`)."""
+        for field_name, message in self.problems.items():
+            if field_name == name or field_name.startswith((name + "[", name + ".")):
+                return message
+        return None
+
 
 def read_problems(status: int, doc: Any) -> tuple[str, dict[str, str]]:
     """The headline and per-field messages of an error body in either family."""
