@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import secrets
+import signal
 import shutil
 import sys
 import time
@@ -251,7 +252,7 @@ class Bench:
     def _run(self, row: Row, server: procs.Server | None, backend: procs.Server, port: int,
              request: Request) -> dict[str, Any]:
         served_before, connections_before = verify.settle(backend.port)
-        server_before = server.cpu_ticks() if server is not None else 0
+        server_before = server.cpu_ticks() if server is not None else {}
         backend_before = backend.cpu_ticks()
         busy_before = procs.system_busy_ticks()
         self_before = os.times()
@@ -262,8 +263,9 @@ class Bench:
         busy = procs.system_busy_ticks() - busy_before
         wall = time.monotonic() - wall_before
         self_times = os.times()
-        server_ticks = server.cpu_ticks() - server_before if server is not None else None
-        backend_ticks = backend.cpu_ticks() - backend_before
+        by_process = procs.ticks_used(server_before, server.cpu_ticks()) if server is not None else {}
+        server_ticks = sum(by_process.values()) if server is not None else None
+        backend_ticks = sum(procs.ticks_used(backend_before, backend.cpu_ticks()).values())
         served_after, connections_after = verify.settle(backend.port)
         requests = int(outcome["requests"])
         seconds = outcome["duration_us"] / 1e6
@@ -274,6 +276,7 @@ class Bench:
             **outcome,
             "rps": requests / seconds if seconds else 0.0,
             "server_cpu_us_per_req": _per_request(server_ticks, requests),
+            "server_cpu_us_per_req_by_process": {str(pid): _per_request(t, requests) for pid, t in by_process.items()},
             "backend_cpu_us_per_req": _per_request(backend_ticks, requests),
             "backend_reached": served_after - served_before,
             "backend_new_connections": connections_after - connections_before,
@@ -359,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.notes.append("nginx not installed: its row is skipped")
     if bench.placement.servers:
         os.sched_setaffinity(0, {0})  # this script's own work stays off the servers' CPU
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the servers
     print(f"bench_gateway: {len(rows)} rows, {args.runs} x {args.duration:g}s after {args.warmup:g}s warm-up, "
           f"c{args.connections}, load generator: {bench.generator.description}; logs in {run_dir}",
           file=sys.stderr)

@@ -62,8 +62,9 @@ class Server:
     def tree(self) -> list[int]:
         return descendants(self.process.pid)
 
-    def cpu_ticks(self) -> int:
-        return sum(cpu_ticks(pid) for pid in self.tree())
+    def cpu_ticks(self) -> dict[int, int]:
+        """CPU ticks used so far by each process of the server's tree."""
+        return {pid: cpu_ticks(pid) for pid in self.tree()}
 
     def wait_listening(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -121,6 +122,11 @@ def cpu_ticks(pid: int) -> int:
         return 0
     fields = text[text.rindex(")") + 2:].split()
     return int(fields[11]) + int(fields[12])
+
+
+def ticks_used(before: dict[int, int], after: dict[int, int]) -> dict[int, int]:
+    """Per process, the ticks used between two readings (a process born in between counts from zero)."""
+    return {pid: ticks - before.get(pid, 0) for pid, ticks in after.items()}
 
 
 def descendants(root: int) -> list[int]:
