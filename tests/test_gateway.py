@@ -8,6 +8,7 @@ backend gets; duplicate response headers; revocation and re-linking through the 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -259,7 +260,12 @@ def test_deleted_application_is_refused_on_the_next_request(gateway: Gateway, wo
 def test_access_log_has_one_json_line_per_request_and_no_secret(gateway: Gateway, world: World) -> None:
     gateway.request("GET", f"/sms/1/logs?applicationId={APP_B}", world.app)
     gateway.request("GET", f"/sms/1/logs?applicationId={APP_A}", world.app)
-    lines = [json.loads(line) for line in gateway.access_log.read_text().splitlines() if line.startswith("{")]
+    deadline = time.monotonic() + 10  # a line is written just after its response is sent
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for line in gateway.access_log.read_text().splitlines() if line.startswith("{")]
+        if lines and lines[-1]["decision"] == "forwarded" and lines[-1]["key"] == world.app.id:
+            break
+        time.sleep(0.05)
     refused, forwarded = lines[-2:]
     assert refused["decision"] == "refused" and refused["status"] == 403 and refused["step"] == "scope"
     assert refused["key"] == world.app.id and refused["function"] == "Get outbound SMS message logs"
