@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -204,7 +206,7 @@ async def test_reads_survive_the_server_dropping_pooled_connections(database: st
 
 
 async def test_outage_gives_store_unavailable_writes_nothing_and_recovers(database: str) -> None:
-    async with Relay(5432) as relay:
+    with Relay() as relay:
         url = database.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}")
         store = PostgresStore(url, connect_timeout=2, command_timeout=3)
         await store.open()
@@ -248,8 +250,6 @@ class socket_refusing:
     """A local port nothing listens on (bound, never listening, so connections are refused)."""
 
     def __enter__(self) -> int:
-        import socket
-
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         return self._sock.getsockname()[1]
@@ -259,54 +259,78 @@ class socket_refusing:
 
 
 class Relay:
-    """A TCP relay to the real server that a test can cut (existing connections reset, new ones refused
-    while cut) and restore: an outage without stopping the shared PostgreSQL."""
+    """A TCP relay to the real server that a test can cut (open connections reset, new ones refused) and
+    restore: an outage without stopping the shared PostgreSQL. Threads, so sync and async tests can use it."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int = 5432) -> None:
         self.target_port = target_port
-        self.port = 0
         self.open = True
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def __enter__(self) -> Relay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cut()
+        self._listener.close()
 
     async def __aenter__(self) -> Relay:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.cut()
-        assert self._server is not None
-        self._server.close()
+        self.__exit__()
 
     def cut(self) -> None:
-        self.open = False
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
+        with self._lock:
+            self.open = False
+            for sock in self._sockets:
+                _reset(sock)
+            self._sockets.clear()
 
     def restore(self) -> None:
-        self.open = True
+        with self._lock:
+            self.open = True
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.open:
-            writer.transport.abort()
-            return
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                if not self.open:
+                    _reset(client)
+                    continue
+                try:
+                    upstream = socket.create_connection(("127.0.0.1", self.target_port))
+                except OSError:
+                    _reset(client)
+                    continue
+                self._sockets.update((client, upstream))
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, target: socket.socket) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            while data := source.recv(65536):
+                target.sendall(data)
         except OSError:
-            writer.transport.abort()
-            return
-        self._writers.update((writer, up_writer))
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
             pass
-        finally:
-            self._writers.discard(writer)
-            writer.transport.abort()
+        with self._lock:
+            for sock in (source, target):
+                if sock in self._sockets:
+                    self._sockets.discard(sock)
+                    _reset(sock)
+
+
+def _reset(sock: socket.socket) -> None:
+    """Drop a connection at once: shutdown wakes the relay thread blocked reading it, then close."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()

@@ -128,9 +128,11 @@ class PostgresStore(SQLStore):
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), self._connect_timeout)
-            except (Exception, asyncio.CancelledError):
+            except asyncio.CancelledError:
                 pool.terminate()
                 raise
+            except Exception:
+                pool.terminate()  # a server that does not answer the goodbye cannot hold up shutdown
 
     def _opened(self) -> asyncpg.Pool:
         if self._pool is None:
