@@ -24,8 +24,9 @@ import json
 import os
 import platform
 import secrets
-import signal
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -301,8 +302,6 @@ def _clean_env() -> dict[str, str]:
 
 def _keyscope_entry() -> str:
     """`keyscope.cli serve` once the CLI wires it, else `keyscope.server serve`."""
-    import subprocess
-
     done = subprocess.run([sys.executable, "-m", "keyscope.cli", "serve", "--help"], capture_output=True,
                           env=_clean_env(), timeout=60)
     return "keyscope.cli" if done.returncode == 0 else "keyscope.server"
@@ -350,22 +349,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    run_dir = args.results / f"gateway-{stamp}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    bench = Bench(args, run_dir)
-    rows = [r for r in ROWS if r.id in args.only]
-    if "nginx" in args.only and shutil.which("nginx") is None:
-        rows = [r for r in rows if r.id != "nginx"]
-        bench.notes.append("nginx not installed: its row is skipped")
-    if bench.placement.servers:
-        os.sched_setaffinity(0, {0})  # this script's own work stays off the servers' CPU
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the servers
-    print(f"bench_gateway: {len(rows)} rows, {args.runs} x {args.duration:g}s after {args.warmup:g}s warm-up, "
-          f"c{args.connections}, load generator: {bench.generator.description}; logs in {run_dir}",
-          file=sys.stderr)
+def run_rows(bench: Bench, rows: list[Row], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every row's runs and problems (and profile), servers stopped afterwards whatever happens."""
     results = {row.id: {"row": row.id, "label": row.label, "runs": [], "problems": []} for row in rows}
     try:
         ready = []
@@ -390,16 +375,38 @@ def main(argv: list[str] | None = None) -> int:
                 results[row.id]["profile"] = bench.profile(row)
     finally:
         bench.stop_all()
-    results = list(results.values())
+    return list(results.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = args.results / f"gateway-{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args, run_dir)
+    rows = [r for r in ROWS if r.id in args.only]
+    if "nginx" in args.only and shutil.which("nginx") is None:
+        rows = [r for r in rows if r.id != "nginx"]
+        bench.notes.append("nginx not installed: its row is skipped")
+    if bench.placement.servers:
+        os.sched_setaffinity(0, {0})  # this script's own work stays off the servers' CPU
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the servers
+    print(f"bench_gateway: {len(rows)} rows, {args.runs} x {args.duration:g}s after {args.warmup:g}s warm-up, "
+          f"c{args.connections}, load generator: {bench.generator.description}; logs in {run_dir}",
+          file=sys.stderr)
+    results = run_rows(bench, rows, args)
     summary = {r["row"]: report.summarize(r) for r in results}
     goals = report.targets(summary)
     flagged = {r["row"] for r in results if r["problems"]}
     bench.notes.append(f"load generator: {bench.generator.description}")
-    bench.notes.append("keyscope: `python -m " + bench.keyscope_module + " serve` with defaults (access log on, "
-                       "to /dev/null) " + " ".join(args.keyscope_arg))
+    bench.notes.append(
+        f"keyscope: `python -m {bench.keyscope_module} serve` {' '.join(args.keyscope_arg) or 'with defaults'}; "
+        "its stdout (the access log, on by default) goes to /dev/null"
+    )
     bench.notes.append(f"baseline figures: {BASELINE}")
     document = {
         "format": FORMAT, "time": stamp, "host": platform.node(), "cpus": os.cpu_count(), "versions": versions(),
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "notes": bench.notes, "results": results, "summary": summary, "targets": goals,
     }
@@ -407,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(document, indent=1))
     print(f"\n## keyscope gateway benchmark ({stamp}, format {FORMAT})\n")
     print(f"POST /sms/2/text/advanced with a {BODY_SIZE}-byte JSON body unless the row says GET; "
-          f"c{args.connections}, {args.runs} x {args.duration:g}s per row (req/s is the median of the runs).\n")
+          f"c{args.connections}, {args.runs} x {args.duration:g}s per row (figures are medians of the runs).\n")
     print(report.table(results, summary))
     print()
     print(report.target_table(goals, flagged))
