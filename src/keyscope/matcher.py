@@ -26,8 +26,9 @@ The answer is a `Match` (truthy), `NOT_FOUND` or a `MethodNotAllowed` (both fals
 Why the shape: templates without parameters (most of the allowlist) sit in one dict keyed by the whole path,
 as bytes and as str, mapping each method to a prebuilt `Match`: a static hit costs two dict lookups.
 Templates with parameters form one trie per segment count (static children in a dict, the parameter child
-apart, methods at the leaves), compiled into Python source in the manner of falcon's CompiledRouter;
-`Matcher.describe()` prints the tables and that source.
+apart, methods at the leaves), compiled into Python source in the manner of falcon's CompiledRouter; a path
+whose first segment starts none of them is refused before it is split. `Match.params` is built when read.
+`Matcher.describe()` prints the tables and the generated source.
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ class _Node:
 
 
 class Matcher:
-    """The compiled allowlist. `match` is a closure over its tables, so a call costs no attribute lookups."""
+    """The compiled allowlist. `match` is the generated function itself (its tables are its globals), so a call
+    costs no attribute lookups."""
 
     __slots__ = ("match", "_static", "_tries", "_source")
 
@@ -323,15 +325,18 @@ def _generate(
         "    entry = static_get(raw_path)",
         "    if entry is not None:",
         "        return entry.get(method) or entry[None]",
-        "    if raw_path.__class__ is str:",
-        "        raw_path = raw_path.encode('utf-8', 'surrogatepass')",
+        "    try:",
     ]
     if tries and all(root.param is None for root in tries.values()):
         prefixes = tuple(sorted({b"/" + seg + b"/" for root in tries.values() for seg in root.static}))
-        body += [f"    if not raw_path.startswith({constant(prefixes)}):", "        return NOT_FOUND"]
-        body += ["    s = raw_path.split(b'/')"]
+        body += [f"        if not raw_path.startswith({constant(prefixes)}):", "            return NOT_FOUND"]
+        body += ["        s = raw_path.split(b'/')"]
     else:
-        body += ["    s = raw_path.split(b'/')", "    if s[0]:", "        return NOT_FOUND"]
+        body += ["        s = raw_path.split(b'/')", "        if s[0]:", "            return NOT_FOUND"]
+    body += [
+        "    except TypeError:  # a str: its static entry was looked up above; now walk its bytes",
+        "        return match(method, raw_path.encode('utf-8', 'surrogatepass'))",
+    ]
     body.append("    count = len(s)")
     for i, (count, root) in enumerate(sorted(tries.items(), key=lambda item: -_weight(item[1]))):
         body.append(f"    {'if' if i == 0 else 'elif'} count == {count}:")
