@@ -509,6 +509,7 @@ def test_multipart_check_fill_and_force() -> None:
     (b'--XyZ\r\nX: 1\r\n\r\nb\r\n--XyZ--', "bad_multipart"),
     (b'--XyZ\r\nContent-Disposition: form-data; name="a"\r\n folded\r\n\r\nb\r\n--XyZ--', "bad_multipart"),
     (b'--XyZ\nContent-Disposition: form-data; name="a"\n\nb\n--XyZ--', "bad_multipart"),
+    (b'--XyZ\r\nContent-Disposition: form-data; name="applicationId"\r\n--XyZ--\r\n', "bad_multipart"),
 ])
 def test_multipart_ambiguity_is_400(raw: bytes, reason: str) -> None:
     ct = b"multipart/form-data; boundary=XyZ"

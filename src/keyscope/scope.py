@@ -38,10 +38,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 from . import scope_json
 from .endpoints import Endpoint, IdLocation
+from .errors import Refusal
 from .models import ApiKey, PlatformEntry
 from .scope_form import (
     KINDS,
@@ -104,21 +106,31 @@ class _Body(NamedTuple):
 
 def _body_kind(content_type: bytes | None, content_encoding: bytes | None, body: bytes) -> _Body:
     if not body:
-        return _Body("none")
+        return _NO_BODY
     if content_encoding is not None and content_encoding.strip() or content_type is None:
-        return _Body("opaque")
+        return _OPAQUE
+    return _media_kind(content_type)
+
+
+@lru_cache(maxsize=256)
+def _media_kind(content_type: bytes) -> _Body:
+    """How a body of this Content-Type is read (cached: clients send a handful of distinct values)."""
     try:
         mime, params = media_type(content_type)
     except Uninspectable:
-        return _Body("opaque")
+        return _OPAQUE
     charset = params.get("charset", b"utf-8").lower()
     if mime in _JSON_TYPES or mime.endswith("+json"):
-        return _Body("json" if charset in _UTF8 else "opaque")
+        return _Body("json") if charset in _UTF8 else _OPAQUE
     if mime == "application/x-www-form-urlencoded":
-        return _Body("form" if charset in _UTF8 else "opaque")
+        return _Body("form") if charset in _UTF8 else _OPAQUE
     if mime == "multipart/form-data" and params.get("boundary"):
         return _Body("multipart", params["boundary"])
-    return _Body("opaque")
+    return _OPAQUE
+
+
+_NO_BODY = _Body("none")
+_OPAQUE = _Body("opaque")
 
 
 def needs_body(
@@ -166,14 +178,17 @@ class _Request:
         self.json_slots: dict[int, _Slot] = {}
         self.slots: list[_Slot] = []
         self.parts: list[Part] = []
-        self.body_kind = _Body("none")
+        self.body_kind = _NO_BODY
         self.body_changed = False
         self.query_changed = False
 
     def read_query(self) -> None:
-        self.params = parse_query(self.query) if self.query else []
-        ids, names = id_fields([(p.name, p.value) for p in self.params], "query string")
-        self.query_slot = _Slot("query", ids, names, self._write_query)
+        if self.query:
+            self.params = parse_query(self.query)
+            ids, names = id_fields([(p.name, p.value) for p in self.params], "query string")
+            self.query_slot = _Slot("query", ids, names, self._write_query)
+        else:
+            self.query_slot = _Slot("query", {}, {}, self._write_query)
 
     def _write_query(self, values: dict[str, str]) -> None:
         rebuilt = set_params(self.params, values)
@@ -187,8 +202,8 @@ class _Request:
             raise refuse(415, "uninspectable_body", None, "keyscope reads only uncompressed UTF-8 JSON and forms.")
         try:
             if body_kind.kind == "json":
-                self.doc = scope_json.parse(self.body)
-                for found in scope_json.find(self.doc):
+                self.doc, places = scope_json.read(self.body)
+                for found in places:
                     self.json_slots[id(found.obj)] = _Slot(found.where, found.ids, found.names, _json_writer(self, found.obj))
             elif body_kind.kind == "form":
                 params = parse_query(self.body, "form")
@@ -201,7 +216,7 @@ class _Request:
         except Uninspectable as exc:
             if linked:
                 raise refuse(415, "uninspectable_body", None, f"keyscope cannot read this body: {exc}.") from None
-            self.body_kind = _Body("opaque")
+            self.body_kind = _OPAQUE
 
     def _form_writer(self, params: Query) -> Callable[[dict[str, str]], None]:
         def write(values: dict[str, str]) -> None:
@@ -230,10 +245,10 @@ class _Request:
     def decision(self, entry: PlatformEntry | None) -> Decision:
         if self.body_changed and self.body_kind.kind == "json":
             self.body = scope_json.dump(self.doc)
-        slots = self.all_slots()
+        slots = self.slots or self.all_slots()
         applications = frozenset(s.ids["applicationId"] for s in slots if s.ids.get("applicationId") is not None)
         entities = frozenset(s.ids["entityId"] for s in slots if s.ids.get("entityId") is not None)
-        places = [Place(s.where, dict(s.ids), s.entries[0] if s.entries else None) for s in slots]
+        places = [Place(s.where, s.ids, s.entries[0] if s.entries else None) for s in slots]
         changed = self.body_changed or self.query_changed
         return Decision(self.query, self.body, changed, entry, applications, entities, places)
 
@@ -252,9 +267,10 @@ class _Check:
     """A linked key's decision over the request's places; raises the first Refusal."""
 
     def __init__(self, entries: tuple[PlatformEntry, ...], request: _Request) -> None:
-        self.entries = entries
         self.request = request
+        self.rules = [(entry, _ids_of(entry)) for entry in entries]
         self.action = next((entry for entry in entries if entry.action), None)
+        self.action_ids = _ids_of(self.action) if self.action is not None else {}
 
     def run(self, locations: tuple[IdLocation, ...]) -> None:
         request = self.request
@@ -292,39 +308,42 @@ class _Check:
         for kind, name in slot.names.items():
             if name != kind:
                 raise refuse(400, "id_name_case", slot.field(name), f"Write {kind} exactly as {kind!r} here.")
-        action = self.action
-        if action is not None and action.action == "FORCE" and slot.write is not None:
-            self._write(slot, _ids_of(action))
-        slot.entries = [entry for entry in self.entries if _requires(entry, slot.ids)]
-        if not slot.entries and action is not None and action.action == "FILL" and slot.write is not None:
-            if _allows(action, slot.ids):
-                self._write(slot, {k: v for k, v in _ids_of(action).items() if slot.ids.get(k) is None})
-                slot.entries = [entry for entry in self.entries if _requires(entry, slot.ids)]
+        action, write = self.action, slot.write
+        if action is not None and write is not None and action.action == "FORCE":
+            self._write(slot, write, self.action_ids)
+        slot.entries = [entry for entry, ids in self.rules if _requires(ids, slot.ids)]
         if slot.entries:
             return
-        agreeing = next((entry for entry in self.entries if _allows(entry, slot.ids)), None)
+        if action is not None and write is not None and action.action == "FILL" and _allows(self.action_ids, slot.ids):
+            self._write(slot, write, {k: v for k, v in self.action_ids.items() if slot.ids.get(k) is None})
+            slot.entries = [entry for entry, ids in self.rules if _requires(ids, slot.ids)]
+            return
+        agreeing = next((ids for _, ids in self.rules if _allows(ids, slot.ids)), None)
         if agreeing is None:
             raise self._out_of_scope(slot)
-        kind = next(k for k, v in _ids_of(agreeing).items() if slot.ids.get(k) is None)
+        kind = next(k for k in agreeing if slot.ids.get(k) is None)
         raise refuse(403, "id_missing", slot.field(kind), f"This key's requests must name their {kind} here.")
 
     def _decide_elsewhere(self, slot: _Slot) -> None:
-        slot.entries = [entry for entry in self.entries if _allows(entry, slot.ids)]
+        slot.entries = [entry for entry, ids in self.rules if _allows(ids, slot.ids)]
         if not slot.entries:
             raise self._out_of_scope(slot)
 
-    def _write(self, slot: _Slot, values: dict[str, str]) -> None:
-        if values:
-            assert slot.write is not None
-            slot.write(values)
-            slot.ids.update(values)
-            slot.names.update({kind: kind for kind in values})
+    @staticmethod
+    def _write(slot: _Slot, write: Callable[[dict[str, str]], None], values: dict[str, str]) -> None:
+        if not values:
+            return
+        write(values)
+        slot.ids.update(values)
+        slot.names.update({kind: kind for kind in values})
 
-    def _out_of_scope(self, slot: _Slot) -> Exception:
+    def _out_of_scope(self, slot: _Slot) -> Refusal:
+        """403 naming the id no entry accepts on its own, else the first id of the place."""
         named = [kind for kind in KINDS if slot.ids.get(kind) is not None]
-        lone = [k for k in named if not any(_ids_of(e).get(k, slot.ids[k]) == slot.ids[k] for e in self.entries)]
-        kind = (lone or named)[0]
-        return refuse(403, "id_out_of_scope", slot.field(slot.names[kind]), f"This key may not use {kind} {slot.ids[kind]!r}.")
+        alone = [k for k in named if not any(ids.get(k, slot.ids[k]) == slot.ids[k] for _, ids in self.rules)]
+        kind = (alone or named)[0]
+        detail = f"This key may not use {kind} {slot.ids[kind]!r}."
+        return refuse(403, "id_out_of_scope", slot.field(slot.names[kind]), detail)
 
 
 def _target_writer(request: _Request, target: scope_json.Target) -> Callable[[dict[str, str]], None]:
@@ -344,14 +363,21 @@ def _ids_of(entry: PlatformEntry) -> dict[str, str]:
     return ids
 
 
-def _allows(entry: PlatformEntry, ids: dict[str, str | None]) -> bool:
-    """Every id the place names agrees with the entry (missing ids are fine)."""
-    return all(ids.get(kind) in (None, value) for kind, value in _ids_of(entry).items())
+def _allows(entry_ids: dict[str, str], ids: dict[str, str | None]) -> bool:
+    """Every id the place names agrees with the entry's (missing ids are fine)."""
+    for kind, value in entry_ids.items():
+        named = ids.get(kind)
+        if named is not None and named != value:
+            return False
+    return True
 
 
-def _requires(entry: PlatformEntry, ids: dict[str, str | None]) -> bool:
+def _requires(entry_ids: dict[str, str], ids: dict[str, str | None]) -> bool:
     """The place names every kind the entry sets, with the entry's value."""
-    return all(ids.get(kind) == value for kind, value in _ids_of(entry).items())
+    for kind, value in entry_ids.items():
+        if ids.get(kind) != value:
+            return False
+    return True
 
 
 def _entry_of(slots: list[_Slot], entries: tuple[PlatformEntry, ...]) -> PlatformEntry:

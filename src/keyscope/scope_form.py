@@ -16,11 +16,12 @@ from urllib.parse import quote
 from .errors import Refusal
 
 KINDS = ("applicationId", "entityId")
-_BY_FOLD = {"applicationid": "applicationId", "entityid": "entityId"}
+BY_FOLD = {"applicationid": "applicationId", "entityid": "entityId"}
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _TOKEN = rb"[A-Za-z0-9!#$&+\-.^_`|~*']+"
 _PARAM = re.compile(rb";[ \t]*(" + _TOKEN + rb")[ \t]*=[ \t]*(\"[^\"\\\r\n]*\"|" + _TOKEN + rb")[ \t]*")
+_MEDIA_TYPE = re.compile(_TOKEN + rb"/" + _TOKEN)
 _HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r\n]*?)[ \t]*")
 
 
@@ -31,9 +32,9 @@ class Uninspectable(Exception):
 def id_kind(name: str) -> str | None:
     """"applicationId"/"entityId" when a lenient backend could read `name` as that id, else None."""
     if name.isascii():
-        return _BY_FOLD.get(name.lower())
+        return BY_FOLD.get(name.lower())
     for folded in (name.lower(), name.upper().lower(), name.casefold(), unicodedata.normalize("NFKC", name).lower()):
-        kind = _BY_FOLD.get(folded)
+        kind = BY_FOLD.get(folded)
         if kind is not None:
             return kind
     return None
@@ -137,7 +138,7 @@ def media_type(content_type: bytes) -> tuple[str, dict[str, bytes]]:
     """`type/subtype` lower-cased and its parameters (names lower-cased, quotes removed); Uninspectable if malformed."""
     head, _, rest = content_type.partition(b";")
     mime = head.strip().lower()
-    if not re.fullmatch(_TOKEN + rb"/" + _TOKEN, mime):
+    if not _MEDIA_TYPE.fullmatch(mime):
         raise Uninspectable("malformed Content-Type")
     params: dict[str, bytes] = {}
     rest = b";" + rest if rest else b""
@@ -196,7 +197,7 @@ def _bad(detail: str) -> Refusal:
 
 
 def _part(body: bytes, start: int, end: int) -> Part:
-    split = body.find(b"\r\n\r\n", start, end + 2)
+    split = body.find(b"\r\n\r\n", start, end)
     if split < 0:
         raise _bad("A multipart part has no header section.")
     headers: dict[bytes, bytes] = {}
@@ -218,7 +219,7 @@ def _part(body: bytes, start: int, end: int) -> Part:
     if kind != b"form-data" or "name" not in params:
         raise _bad("A multipart part is not form-data with a name.")
     name = params["name"].decode("utf-8", "surrogateescape")
-    value_start = min(split + 4, end)
+    value_start = split + 4
     if id_kind(name) is not None and b"content-type" in headers:
         mime, ct_params = media_type(headers[b"content-type"])
         if mime != "text/plain" or ct_params.get("charset", b"utf-8").lower() not in (b"utf-8", b"us-ascii"):

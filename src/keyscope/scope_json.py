@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from .endpoints import JsonStep
 from .errors import Refusal
-from .scope_form import id_kind, refuse
+from .scope_form import BY_FOLD, id_kind, refuse
 
 MAX_DEPTH = 64
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -45,8 +45,24 @@ def _float(text: str) -> float:
 _DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant, parse_float=_float)
 
 
-def parse(body: bytes) -> Any:
-    """The document, or Refusal(400) for anything two JSON parsers could read differently."""
+def read(body: bytes) -> tuple[Any, list[Found]]:
+    """The document and the objects in it that hold ids; Refusal(400) for anything parsers could read differently."""
+    doc, text = parse(body)
+    if text.count("{") + text.count("[") > MAX_DEPTH or _may_name_ids(text):
+        return doc, find(doc)
+    return doc, []  # no key can spell an id name, and it cannot nest too deep: nothing to walk
+
+
+def _may_name_ids(text: str) -> bool:
+    """False only when no key can be an id name: ASCII, no \\u escapes, no id name in any case."""
+    if not text.isascii() or "\\u" in text:
+        return True
+    lowered = text.lower()
+    return "applicationid" in lowered or "entityid" in lowered
+
+
+def parse(body: bytes) -> tuple[Any, str]:
+    """The document and its text, or Refusal(400) for anything two JSON parsers could read differently."""
     if body.startswith(b"\xef\xbb\xbf"):
         raise refuse(400, "bom", None, "The JSON body starts with a byte order mark.")
     try:
@@ -66,7 +82,7 @@ def parse(body: bytes) -> Any:
         raise refuse(400, "invalid_json", None, f"The JSON body is not valid JSON: {exc}.") from None
     if _SURROGATE_ESCAPE.search(text) and not _encodable(doc):
         raise refuse(400, "lone_surrogate", None, "The JSON body escapes a lone UTF-16 surrogate.")
-    return doc
+    return doc, text
 
 
 def _encodable(doc: Any) -> bool:
@@ -93,25 +109,24 @@ class Found(NamedTuple):
 def find(doc: Any) -> list[Found]:
     """Every object that holds an applicationId/entityId key (any case), in document order."""
     found: list[Found] = []
-    if type(doc) is dict or type(doc) is list:
-        _walk(doc, 1, [], found)
+    if type(doc) is dict:
+        _walk_object(doc, 1, [], found)
+    elif type(doc) is list:
+        _walk_array(doc, 1, [], found)
     return found
 
 
-def _walk(node: Any, depth: int, path: list[str | int], found: list[Found]) -> None:
+def _too_deep(path: list[str | int]) -> Refusal:
+    return refuse(400, "too_deep", where(path)[2:] or None, f"The JSON body nests deeper than {MAX_DEPTH} levels.")
+
+
+def _walk_object(node: dict[str, Any], depth: int, path: list[str | int], found: list[Found]) -> None:
     if depth > MAX_DEPTH:
-        raise refuse(400, "too_deep", where(path), f"The JSON body nests deeper than {MAX_DEPTH} levels.")
-    if type(node) is list:
-        for index, value in enumerate(node):
-            if type(value) is dict or type(value) is list:
-                path.append(index)
-                _walk(value, depth + 1, path, found)
-                path.pop()
-        return
+        raise _too_deep(path)
     ids: dict[str, str | None] | None = None
     names: dict[str, str] = {}
     for key, value in node.items():
-        kind = id_kind(key)
+        kind = BY_FOLD.get(key.lower()) if key.isascii() else id_kind(key)
         if kind is not None:
             if ids is None:
                 ids = {}
@@ -122,14 +137,32 @@ def _walk(node: Any, depth: int, path: list[str | int], found: list[Found]) -> N
                 raise refuse(400, "id_not_string", field(path, key), f"{key} must be a string or null.")
             ids[kind] = value
             names[kind] = key
-        elif type(value) is dict or type(value) is list:
+        elif type(value) is dict:
             path.append(key)
-            _walk(value, depth + 1, path, found)
+            _walk_object(value, depth + 1, path, found)
+            path.pop()
+        elif type(value) is list:
+            path.append(key)
+            _walk_array(value, depth + 1, path, found)
+            path.pop()
+
+
+def _walk_array(node: list[Any], depth: int, path: list[str | int], found: list[Found]) -> None:
+    if depth > MAX_DEPTH:
+        raise _too_deep(path)
+    for index, value in enumerate(node):
+        if type(value) is dict:
+            path.append(index)
+            _walk_object(value, depth + 1, path, found)
+            path.pop()
+        elif type(value) is list:
+            path.append(index)
+            _walk_array(value, depth + 1, path, found)
             path.pop()
 
 
 def where(path: list[str | int] | tuple[str | int, ...]) -> str:
-    return "$" + "".join(f"[{step}]" if type(step) is int else f".{step}" for step in path)
+    return "$" + "".join([f"[{step}]" if type(step) is int else f".{step}" for step in path])
 
 
 def field(path: list[str | int] | tuple[str | int, ...], key: str) -> str:
