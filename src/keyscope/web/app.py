@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ SECURITY_HEADERS = {
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "x-frame-options": "DENY",
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",
     "cache-control": "no-store",
 }
 
@@ -117,6 +118,7 @@ class Ui:
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        self.templates.filters["pretty"] = lambda doc: json.dumps(doc, indent=2, ensure_ascii=False)
 
     def token_matches(self, candidate: str) -> bool:
         return hmac.compare_digest(candidate.encode(), self._token.encode())
@@ -250,8 +252,10 @@ def create_web_app(
     trusted_proxies: Sequence[str] = (),
     max_body_size: int = 1024 * 1024,
     clock: Callable[[], float] | None = None,
+    open_store: bool = False,
 ) -> Starlette:
-    """The web interface over an opened `store` (its lifecycle stays with the caller).
+    """The web interface over `store`, which its caller opens and closes unless `open_store` is set (then the
+    app's lifespan does, for an interface served on its own).
 
     Pass the gateway's `authenticator` and `on_change` when serving beside it, so that a change made here
     takes effect at once in the gateway's caches, exactly as one made through the management API does.
@@ -292,6 +296,18 @@ def create_web_app(
         *[Route(path, guarded(ui, handler), methods=[method]) for path, method, handler in explainer.ROUTES],
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, lifespan=_store_lifespan(store) if open_store else None)
     app.state.ui = ui
     return app
+
+
+def _store_lifespan(store: Store) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await store.open()
+        try:
+            yield
+        finally:
+            await store.close()
+
+    return lifespan
