@@ -7,11 +7,15 @@ Process level: two `keyscope serve` processes on one store, and `serve --workers
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import secrets
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +33,7 @@ from keyscope.store import Store
 from keyscope.store.postgres import PostgresStore
 from keyscope.store.sqlite import SQLiteStore
 from keyscope.watch import ChangeWatcher
+from test_postgres import Relay, terminate
 
 
 SERVER = "postgresql://postgres@127.0.0.1:5432"
@@ -48,8 +53,8 @@ async def database(anyio_backend: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-def new_key(*links: tuple[str | None, str | None]) -> ApiKey:
-    secret = new_secret()
+def new_key(*links: tuple[str | None, str | None], secret: str | None = None) -> ApiKey:
+    secret = secret or new_secret()
     now = datetime.now(UTC)
     return ApiKey(
         id=new_key_id(),
@@ -271,18 +276,6 @@ async def test_sqlite_writes_that_change_no_key_are_not_changes(tmp_path: Path) 
         await reader.close()
 
 
-async def terminate(database: str, application_name: str) -> int:
-    conn = await asyncpg.connect(f"{SERVER}/test")
-    try:
-        return len(
-            await conn.fetch(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name = $2",
-                database.rsplit("/", 1)[1],
-                application_name,
-            )
-        )
-    finally:
-        await conn.close()
 
 
 # process level: real `keyscope serve` gateways sharing one store ----------------------------------
@@ -511,3 +504,175 @@ def test_sqlite_workers_share_revocations(echo: str, tmp_path: Path) -> None:
             refused_in_a_row = refused_in_a_row + 1 if gateway.logs(key["apiKeySecret"]) == 401 else 0
     finally:
         gateway.stop()
+
+
+# outages and crashes --------------------------------------------------------------------------------
+
+
+def seed_keys(store_url: str, count: int) -> list[tuple[str, ApiKey]]:
+    """Primary keys written straight into the store (not through a gateway, so no gateway has seen them)."""
+
+    async def go() -> list[tuple[str, ApiKey]]:
+        store = PostgresStore(store_url) if store_url.startswith("postgresql") else SQLiteStore(
+            store_url.removeprefix("sqlite:///"))
+        await store.open()
+        try:
+            made = []
+            for _ in range(count):
+                secret = new_secret()
+                made.append((secret, await store.create_key(new_key(secret=secret))))
+            return made
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def test_start_up_with_an_unreachable_store_fails_with_one_line(echo: str, tmp_path: Path) -> None:
+    with socket.socket() as refusing:
+        refusing.bind(("127.0.0.1", 0))
+        url = f"postgresql://keyscope:s3cret@127.0.0.1:{refusing.getsockname()[1]}/keys"
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("KEYSCOPE_")}
+        result = subprocess.run(
+            [sys.executable, "-m", "keyscope.server", "--upstream", echo, "--store", url, "--port", str(free_port())],
+            env=environment, capture_output=True, timeout=60,
+        )
+    assert result.returncode != 0
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "cannot" in lines[0] and "127.0.0.1" in lines[0]
+    assert "s3cret" not in lines[0]
+
+
+@pytest.mark.postgres
+def test_store_outage_then_recovery(echo: str, pg_database: str, tmp_path: Path) -> None:
+    """PostgreSQL reached through a relay that the test cuts: cached keys keep working, unknown keys and
+    management writes get 503 and write nothing; once the relay is back, everything works again by itself,
+    change announcements included."""
+    (warm_secret, warm), (cold_secret, cold) = seed_keys(pg_database, 2)
+    with Relay() as relay:
+        gateway = Instance.start(echo, pg_database.replace(":5432/", f":{relay.port}/"), tmp_path)
+        try:
+            assert gateway.logs(warm_secret) == 200  # cached for an hour from here on
+            relay.cut()
+            assert gateway.logs(warm_secret) == 200
+            assert gateway.logs(cold_secret) == 503
+            assert gateway.logs(new_secret()) == 503  # unknown: the client did nothing wrong, not 401
+            app = unique("app")
+            assert gateway.admin("POST", "/provisioning/1/applications", {"applicationId": app}).status_code == 503
+            assert gateway.admin("PUT", f"/settings/2/api-keys/{warm.id}", {"enabled": False}).status_code == 503
+            relay.restore()
+            until(200, lambda: gateway.logs(cold_secret))
+            assert gateway.admin("GET", f"/provisioning/1/applications/{app}").status_code == 404  # nothing written
+            assert gateway.logs(warm_secret) == 200  # the refused revoke did not happen either
+            revoke_elsewhere(pg_database, warm.id)
+            until(401, lambda: gateway.logs(warm_secret))  # announcements are heard again
+        finally:
+            gateway.stop()
+
+
+def revoke_elsewhere(store_url: str, key_id: str) -> None:
+    async def go() -> None:
+        store = PostgresStore(store_url)
+        await store.open()
+        try:
+            await store.update_key(key_id, KeyUpdate(enabled=False))
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def crash_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'keyscope.db'}"
+        return
+    name = f"keyscope_test_{secrets.token_hex(6)}"
+    run_sql(f'CREATE DATABASE "{name}"')
+    yield f"{SERVER}/{name}"
+    run_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_kill_9_during_a_burst_of_writes_leaves_the_store_consistent(
+    echo: str, crash_store: str, tmp_path: Path
+) -> None:
+    gateway = Instance.start(echo, crash_store, tmp_path)
+    stop_burst = threading.Event()
+    done = [0]
+
+    def burst(worker: int) -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=10,
+                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
+            try:
+                for n in itertools.count():
+                    if stop_burst.is_set():
+                        return
+                    app, other, ent = f"a{worker}-{n}", f"b{worker}-{n}", f"e{worker}-{n}"
+                    client.post("/provisioning/1/applications", json={"applicationId": app})
+                    client.post("/provisioning/1/applications", json={"applicationId": other})
+                    client.post("/provisioning/1/entities", json={"entityId": ent})
+                    client.post("/provisioning/1/associations", json={
+                        "resourceType": "NUMBER", "channel": "SMS", "applicationId": app, "entityId": ent,
+                        "resourceId": f"r{worker}-{n}"})
+                    key = client.post("/settings/2/api-keys", json={
+                        "name": "k", "platform": [{"applicationId": app, "entityId": ent}, {"applicationId": app}]})
+                    if key.status_code == 200:
+                        client.put(f"/settings/2/api-keys/{key.json()['id']}",
+                                   json={"platform": [{"applicationId": other}, {"entityId": ent}]})
+                    client.delete(f"/provisioning/1/entities/{ent}")
+                    client.delete(f"/provisioning/1/applications/{app}")
+                    client.delete(f"/provisioning/1/applications/{other}")
+                    done[0] += 1
+            except httpx.TransportError:
+                return  # the gateway is gone
+
+    threads = [threading.Thread(target=burst, args=(worker,)) for worker in range(4)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + PATIENCE
+    while done[0] < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gateway.process.send_signal(signal.SIGKILL)
+    gateway.process.wait()
+    stop_burst.set()
+    for thread in threads:
+        thread.join()
+    gateway.client.close()
+    assert done[0] >= 8, "the burst did not get going"
+    assert_consistent(crash_store)
+
+
+def assert_consistent(store_url: str) -> None:
+    """Nothing names a missing application or entity, and no key was left enabled without entries (every
+    key of the burst was created linked, so that would be a cascade turning it primary)."""
+    orphans = [
+        "SELECT COUNT(*) FROM key_entries e WHERE e.application_id IS NOT NULL"
+        " AND NOT EXISTS (SELECT 1 FROM applications a WHERE a.application_id = e.application_id)",
+        "SELECT COUNT(*) FROM key_entries e WHERE e.entity_id IS NOT NULL"
+        " AND NOT EXISTS (SELECT 1 FROM entities n WHERE n.entity_id = e.entity_id)",
+        "SELECT COUNT(*) FROM associations s"
+        " WHERE NOT EXISTS (SELECT 1 FROM applications a WHERE a.application_id = s.application_id)",
+        "SELECT COUNT(*) FROM associations s WHERE s.entity_id IS NOT NULL"
+        " AND NOT EXISTS (SELECT 1 FROM entities n WHERE n.entity_id = s.entity_id)",
+        "SELECT COUNT(*) FROM api_keys k WHERE k.enabled = 1"
+        " AND NOT EXISTS (SELECT 1 FROM key_entries e WHERE e.key_id = k.id)",
+    ]
+
+    async def go() -> None:
+        store = PostgresStore(store_url) if store_url.startswith("postgresql") else SQLiteStore(
+            store_url.removeprefix("sqlite:///"))
+        await store.open()  # also proves no lock was left held by the dead process
+        try:
+            for sql in orphans:
+                row = await store._read_one(sql)
+                assert row is not None and row[0] == 0, sql
+            await store.create_application(Application(unique("after"), None))  # writes work again
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+    if store_url.startswith("sqlite"):
+        with sqlite3.connect(store_url.removeprefix("sqlite:///")) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+            assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
