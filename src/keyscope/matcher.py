@@ -325,18 +325,15 @@ def _generate(
         "    entry = static_get(raw_path)",
         "    if entry is not None:",
         "        return entry.get(method) or entry[None]",
-        "    try:",
+        "    if raw_path.__class__ is str:",
+        "        raw_path = raw_path.encode('utf-8', 'surrogatepass')",
     ]
     if tries and all(root.param is None for root in tries.values()):
         prefixes = tuple(sorted({b"/" + seg + b"/" for root in tries.values() for seg in root.static}))
-        body += [f"        if not raw_path.startswith({constant(prefixes)}):", "            return NOT_FOUND"]
-        body += ["        s = raw_path.split(b'/')"]
+        body += [f"    if not raw_path.startswith({constant(prefixes)}):", "        return NOT_FOUND"]
+        body += ["    s = raw_path.split(b'/')"]
     else:
-        body += ["        s = raw_path.split(b'/')", "        if s[0]:", "            return NOT_FOUND"]
-    body += [
-        "    except TypeError:  # a str: its static entry was looked up above; now walk its bytes",
-        "        return match(method, raw_path.encode('utf-8', 'surrogatepass'))",
-    ]
+        body += ["    s = raw_path.split(b'/')", "    if s[0]:", "        return NOT_FOUND"]
     body.append("    count = len(s)")
     for i, (count, root) in enumerate(sorted(tries.items(), key=lambda item: -_weight(item[1]))):
         body.append(f"    {'if' if i == 0 else 'elif'} count == {count}:")
