@@ -62,15 +62,18 @@ class Match:
 
     @property
     def params(self) -> dict[str, str]:
-        segments = self._segments
-        return {
-            name: _decode(segments[i])[1] if b"%" in segments[i] else segments[i].decode("ascii")  # type: ignore[index]
-            for name, i in self._spec
-        }
+        params = {}
+        for name, i in self._spec:
+            raw = self._segments[i]
+            params[name] = raw.decode("ascii") if b"%" not in raw else _decode(raw)[1]  # type: ignore[index]
+        return params
 
     @property
     def raw_params(self) -> dict[str, str]:
-        return {name: self._segments[i].decode("ascii") for name, i in self._spec}
+        params = {}
+        for name, i in self._spec:
+            params[name] = self._segments[i].decode("ascii")
+        return params
 
     def __repr__(self) -> str:
         return f"Match({self.endpoint.method} {self.endpoint.path}, params={self.params!r})"
