@@ -97,7 +97,7 @@ def test_wide_nodes_dispatch_through_tables_and_still_backtrack() -> None:
     entries = [f"GET /r/k{i}/{{x}}/z" for i in range(10)] + [f"POST /r/k{i}/{{x}}/w{i}" for i in range(10)]
     entries += [f"PUT /s/{{y}}/t{i}" for i in range(10)] + ["GET /r/{y}/q/z", "GET /{p}/k3/v/z"]
     m = table(*entries)
-    assert matched(m.match("GET", b"/r/k3/v/z")) == ("GET", "/r/k{x}/z".replace("k{x}", "k3/{x}"))
+    assert matched(m.match("GET", b"/r/k3/v/z")) == ("GET", "/r/k3/{x}/z")
     assert matched(m.match("POST", b"/r/k7/v/w7")) == ("POST", "/r/k7/{x}/w7")
     assert matched(m.match("GET", b"/r/k3/q/z")) == ("GET", "/r/k3/{x}/z")
     assert matched(m.match("GET", b"/r/k99/q/z")) == ("GET", "/r/{y}/q/z")
