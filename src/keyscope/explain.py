@@ -243,9 +243,8 @@ def _refused(result: Explanation, refusal: Refusal, admission: Admission) -> Exp
     result.reason = refusal.reason
     result.step = refusal.step
     result.error_body = json.loads(payload)
-    result.error_headers = [
-        (name.decode("latin-1"), value.decode("latin-1")) for name, value in refusal_headers(refusal.status, len(payload))
-    ]
+    headers = refusal_headers(refusal.status, len(payload))
+    result.error_headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
     return result
 
 

@@ -185,14 +185,16 @@ def guarded(ui: Ui, handler: Handler) -> Callable[[Request], Awaitable[Response]
         session = ui.sessions.get(request)
         if session is None:
             if request.method == "GET":
-                return redirect("/signin", next=request.url.path + ("?" + request.url.query if request.url.query else ""))
+                query = request.url.query
+                return redirect("/signin", next=request.url.path + (f"?{query}" if query else ""))
             return ui.render(request, "signin.html", 401, error="Your session has ended: sign in again.")
         request.state.session = session
         try:
             if request.method == "POST":
                 form = await read_form(request)
                 if not same_origin(request) or not csrf_ok(session, form.get("csrf")):
-                    return ui.render(request, "error.html", 403, message="The form's CSRF token is missing or wrong: reload the page and try again.")
+                    message = "The form's CSRF token is missing or wrong: reload the page and try again."
+                    return ui.render(request, "error.html", 403, message=message)
                 request.state.form = form
             return await handler(ui, request)
         except FormError as exc:

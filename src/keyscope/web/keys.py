@@ -110,9 +110,11 @@ async def relink(ui: Ui, request: Request) -> Response:
     if problem is not None:
         return await show(ui, request, form, problem)
     doc: dict[str, Any] = {"platform": links}
+    done = "Saved the key's links."
     if form.get("enable") == "on":
         doc["enabled"] = True
-    return await _update(ui, request, doc, "Saved the key's links." + (" The key is enabled." if "enabled" in doc else ""))
+        done += " The key is enabled."
+    return await _update(ui, request, doc, done)
 
 
 async def settings(ui: Ui, request: Request) -> Response:

@@ -41,7 +41,8 @@ class Kind:
 
 APPS = Kind("application", "applications", "/applications", "/provisioning/1/applications",
             "applicationId", "applicationName", "entityId")
-ENTITIES = Kind("entity", "entities", "/entities", "/provisioning/1/entities", "entityId", "entityName", "applicationId")
+ENTITIES = Kind("entity", "entities", "/entities", "/provisioning/1/entities",
+                "entityId", "entityName", "applicationId")
 
 
 def page_number(raw: str | None) -> int:
@@ -207,7 +208,8 @@ async def dissociate(ui: Ui, request: Request) -> Response:
     answer = await ui.api("DELETE", "/provisioning/1/associations", _association_doc(form))
     if not answer.ok:
         return await show(ui, request, APPS, form, answer)
-    request.state.session.flash.append(f"Removed the association of {form.get('resourceType')} {form.get('resourceId')}.")
+    removed = f"{form.get('resourceType')} {form.get('resourceId')}"
+    request.state.session.flash.append(f"Removed the association of {removed}.")
     return redirect("/applications/show", id=form.get("applicationId"))
 
 
