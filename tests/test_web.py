@@ -108,6 +108,15 @@ async def test_wrong_token_is_refused_without_a_cookie(web: Web) -> None:
     assert (await web.client.get("/applications")).status_code == 303
 
 
+async def test_failed_sign_ins_are_throttled(web: Web) -> None:
+    for _ in range(10):
+        assert (await web.client.post("/signin", data={"token": "guess"})).status_code == 401
+    response = await web.client.post("/signin", data={"token": TOKEN})
+    assert response.status_code == 429 and "set-cookie" not in response.headers
+    web.clock.now += 61
+    assert (await web.client.post("/signin", data={"token": TOKEN})).status_code == 303
+
+
 async def test_session_cookie_flags_and_next(web: Web) -> None:
     response = await web.client.post("/signin", data={"token": TOKEN, "next": "/keys"})
     assert response.headers["location"] == "/keys"

@@ -29,7 +29,7 @@ from .. import admin
 from ..auth import KeyAuthenticator
 from ..endpoints import Endpoint
 from ..store.base import Store, StoreUnavailable
-from .session import Session, Sessions, csrf_ok, same_origin
+from .session import Session, Sessions, SignInThrottle, csrf_ok, same_origin
 
 HERE = Path(__file__).parent
 MAX_FORM = 2 * 1024 * 1024  # the explain form carries a request body of up to the gateway's default limit
@@ -108,6 +108,7 @@ class Ui:
         self.store = store
         self.endpoints = list(endpoints)
         self.sessions = sessions
+        self.throttle = SignInThrottle(clock=sessions.clock)
         self.trusted_proxies = tuple(trusted_proxies)
         self.max_body_size = max_body_size
         self._token = admin_token
@@ -218,7 +219,11 @@ async def signin(ui: Ui, request: Request) -> Response:
         return ui.render(request, "error.html", exc.status, message=exc.message)
     if not same_origin(request):
         return ui.render(request, "signin.html", 403, error="Sign in from this interface's own page.")
+    client = request.client.host if request.client else ""
+    if ui.throttle.blocked(client):
+        return ui.render(request, "signin.html", 429, error="Too many failed sign-ins: wait a minute.")
     if not ui.token_matches(form.get("token", "")):
+        ui.throttle.failed(client)
         return ui.render(request, "signin.html", 401, error="Wrong admin token.", next=_safe_next(form.get("next")))
     response = redirect(_safe_next(form.get("next")) or "/applications")
     ui.sessions.start(request, response)

@@ -91,6 +91,33 @@ class Sessions:
         return len(self._table)
 
 
+class SignInThrottle:
+    """At most `limit` failed sign-ins per client address per `window` seconds, so that the admin token
+    cannot be guessed at network speed. Success does not reset the count: it is not evidence of anything."""
+
+    def __init__(self, *, limit: int = 10, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self._failures: dict[str, list[float]] = {}
+
+    def blocked(self, client: str) -> bool:
+        recent = self._recent(client)
+        return len(recent) >= self.limit
+
+    def failed(self, client: str) -> None:
+        self._recent(client).append(self.clock())
+        if len(self._failures) > MAX_SESSIONS * 10:  # bounded: forget the quietest addresses
+            for address in [a for a, times in self._failures.items() if not self._recent(a)]:
+                del self._failures[address]
+
+    def _recent(self, client: str) -> list[float]:
+        horizon = self.clock() - self.window
+        times = [t for t in self._failures.get(client, []) if t > horizon]
+        self._failures[client] = times
+        return times
+
+
 def csrf_ok(session: Session, submitted: str | None) -> bool:
     return submitted is not None and hmac.compare_digest(session.csrf.encode(), submitted.encode())
 
