@@ -102,7 +102,7 @@ class Explanation:
 
 def _text(value: Any) -> str:
     if isinstance(value, str):
-        return value
+        return value.rstrip("\n") or "(empty)"
     return json.dumps(value, ensure_ascii=False)
 
 
