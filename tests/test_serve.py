@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,16 @@ def test_two_workers_serve_and_share_the_store(tmp_path: Path) -> None:
         assert gateway.access_log.read_text() == ""  # --no-access-log through the environment
         assert gateway.admin("GET", "/provisioning/1/applications").status_code == 200
         assert ADMIN_TOKEN not in gateway.error_log.read_text()
+        # a revocation made through one worker reaches the other (whose cache is warm) without a restart
+        gateway.update_key(key, {"enabled": False})
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            statuses = {gateway.raw(request_bytes("GET", "/sms/1/logs?applicationId=app-a", key)).status
+                        for _ in range(10)}
+            if statuses == {401}:
+                break
+            time.sleep(0.05)
+        assert statuses == {401}
     finally:
         gateway.stop()
         echo.stop()

@@ -6,10 +6,12 @@ ended. The query string and headers are never logged: clients do put credentials
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
 import time
+from typing import TextIO
 
 logger = logging.getLogger("keyscope.access")
 
@@ -58,14 +60,48 @@ def record(
     logger.info(_dumps(line))
 
 
-def enable(stream: object = None) -> None:
+class LineHandler(logging.Handler):
+    """Writes each access line as is, and flushes at most every half second instead of after every line.
+
+    A write system call per request costs more than building the line; a line waits at most `delay` seconds
+    (logging flushes every handler at exit, and a tty is line-buffered anyway).
+    """
+
+    def __init__(self, stream: TextIO, delay: float = 0.5) -> None:
+        super().__init__()
+        self.stream = stream
+        self.delay = delay
+        self._scheduled = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(record.getMessage() + "\n")
+            if not self._scheduled:
+                try:
+                    asyncio.get_running_loop().call_later(self.delay, self._flush_later)
+                    self._scheduled = True
+                except RuntimeError:  # no event loop: nothing would flush later
+                    self.stream.flush()
+        except Exception:
+            self.handleError(record)
+
+    def _flush_later(self) -> None:
+        self._scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+
+
+def enable(stream: TextIO | None = None) -> None:
     """Send access lines, bare, to `stream` (stdout by default); the server calls this once per worker."""
-    if any(getattr(h, "_keyscope", False) for h in logger.handlers):
+    if any(isinstance(handler, LineHandler) for handler in logger.handlers):
         return
-    handler = logging.StreamHandler(stream or sys.stdout)  # type: ignore[arg-type]
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler._keyscope = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
+    logger.addHandler(LineHandler(stream or sys.stdout))
     logger.setLevel(logging.INFO)
     logger.propagate = False
 

@@ -25,6 +25,7 @@ from .errors import JSON_HEADERS, Family, Refusal, refusal_body
 from .models import ApiKey, PlatformEntry
 from .store.base import Store, StoreUnavailable
 from .types import Receive, Scope, Send
+from .watch import ChangeWatcher
 
 logger = logging.getLogger("keyscope.gateway")
 
@@ -111,6 +112,7 @@ class Checks:
         self.max_body_size = max_body_size
         self.known_ids = KnownIds(store, ttl=id_cache_ttl)
         self.usage = UsageRecorder(store)
+        self.watcher = ChangeWatcher(store, self.changed)
 
     def target(self, scope: Scope) -> None:
         """Step 1, for every caller: the raw target and framing headers must already be canonical."""
@@ -122,7 +124,8 @@ class Checks:
         found = self.matcher.match(method, scope["raw_path"])
         if found:
             admission.endpoint = found.endpoint
-        # 2. authentication
+        # 2. authentication, after hearing of changes other workers or instances made
+        await self.watcher.tick()
         try:
             key = await self.authenticator.authenticate(scope)
         except StoreUnavailable:
@@ -155,8 +158,17 @@ class Checks:
             await self.known_ids.check(decision.application_ids, decision.entity_ids)
 
     def changed(self) -> None:
-        """A management write happened: ids may have been deleted."""
+        """Keys or ids may have changed (here, in another worker or another instance): drop what is cached."""
+        self.authenticator.invalidate()
         self.known_ids.clear()
+
+    async def start(self) -> None:
+        """Once the store is open: start hearing of changes (raises StoreError if that is impossible)."""
+        await self.watcher.start()
+
+    async def stop(self) -> None:
+        await self.watcher.stop()
+        await self.usage.close()
 
 
 def _body_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None, int | None]:

@@ -66,7 +66,7 @@ class Gateway:
             id_cache_ttl=key_cache_ttl,
         )
         self.admin = admin.create_app(
-            store, admin_token=admin_token, authenticator=self.authenticator, on_change=self.checks.changed
+            store, admin_token=admin_token, authenticator=self.authenticator, on_change=self.checks.known_ids.clear
         )
 
     @classmethod
@@ -153,10 +153,11 @@ class Gateway:
 
     async def startup(self) -> None:
         await self.store.open()
+        await self.checks.start()
         await self.upstream.start()
 
     async def shutdown(self) -> None:
-        await self.checks.usage.close()
+        await self.checks.stop()
         await self.upstream.close()
         await self.store.close()
 

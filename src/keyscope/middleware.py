@@ -10,7 +10,8 @@ Starlette and FastAPI read it as `request.state.keyscope`.
     app = KeyScopeMiddleware(app, endpoints="endpoints.yaml", store=store)  # a Store you open and close
 
 A store given as a URL is opened at lifespan start-up (or on the first request) and closed at shutdown; a
-`Store` object is used as given. WebSocket connections are closed: they would bypass every check.
+`Store` object is used as given (open it before the first request). Either way the middleware hears of
+changes other processes make to keys (`keyscope.watch`) from the first request on. WebSocket connections are closed: they would bypass every check.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class KeyScopeMiddleware:
             endpoints = load_endpoints(endpoints)
         self._owns_store = isinstance(store, str)
         self.store = store_from_url(store) if isinstance(store, str) else store
-        self._opened = not self._owns_store
+        self._ready = False
         self._opening: asyncio.Lock | None = None
         self.authenticator = KeyAuthenticator(
             self.store, ttl=key_cache_ttl, negative_ttl=key_cache_ttl, trusted_proxies=trusted_proxies
@@ -75,7 +76,7 @@ class KeyScopeMiddleware:
             raise RuntimeError("KeyScopeMiddleware needs an ASGI server that provides scope['raw_path']")
         admission = Admission()
         try:
-            if not self._opened:
+            if not self._ready:
                 await self._open()
             self.checks.target(scope)
             await self.checks.admit(scope, receive, admission)
@@ -114,8 +115,8 @@ class KeyScopeMiddleware:
     def _lifespan_receive(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:
             message = await receive()
-            if message["type"] == "lifespan.startup":
-                await self._open()
+            if message["type"] == "lifespan.startup" and self._owns_store:
+                await self._open()  # a caller's store may open later, in the app's own start-up
             elif message["type"] == "lifespan.shutdown":
                 await self.close()
             return message
@@ -126,16 +127,20 @@ class KeyScopeMiddleware:
         if self._opening is None:
             self._opening = asyncio.Lock()
         async with self._opening:
-            if not self._opened:
-                await self.store.open()
-                self._opened = True
+            if not self._ready:
+                if self._owns_store:
+                    await self.store.open()
+                await self.checks.start()
+                self._ready = True
 
     async def close(self) -> None:
-        """Write pending "last used" stamps and close the store if the middleware opened it."""
-        await self.checks.usage.close()
-        if self._owns_store and self._opened:
+        """Write pending "last used" stamps, stop hearing of changes, close the store if the middleware opened it."""
+        if not self._ready:
+            return
+        self._ready = False
+        await self.checks.stop()
+        if self._owns_store:
             await self.store.close()
-            self._opened = False
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -146,11 +147,26 @@ def serve(settings: Settings) -> None:
 def build_app(settings: Settings) -> Any:
     from .gateway import Gateway
 
+    _configure_logging()
     if settings.access_log:
         accesslog.enable()
     else:
         accesslog.disable()
     return Gateway.from_settings(settings)
+
+
+def _configure_logging() -> None:
+    """keyscope's own warnings on stderr beside uvicorn's; log records skip what nobody reads here."""
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    own = logging.getLogger("keyscope")
+    if not own.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s:  %(name)s: %(message)s"))
+        own.addHandler(handler)
+        own.setLevel(logging.INFO)
+        own.propagate = False
 
 
 def worker_app() -> Any:
