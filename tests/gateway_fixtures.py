@@ -1,6 +1,7 @@
 """Module-scoped servers and keys for the end-to-end gateway tests (import the fixtures into a test module).
 
-One echo backend and one `keyscope serve` per test module; the world below is made through the management API.
+One echo backend and one `keyscope serve` per test module and store kind; the world below is made through the
+management API.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from conftest import _MARKS, STORE_KINDS, STORE_URLS
 from gateway_helpers import Echo, Gateway, Key
 
 APP_A, APP_B = "app-a", "app-b"
@@ -33,11 +35,14 @@ def echo() -> Iterator[Echo]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def gateway(echo: Echo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    server = Gateway.start(echo.url, tmp_path_factory.mktemp("gateway"))
-    yield server
-    server.stop()
+@pytest.fixture(scope="module", params=[pytest.param(kind, marks=_MARKS.get(kind, [])) for kind in STORE_KINDS])
+def gateway(echo: Echo, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Gateway]:
+    """One gateway per store kind in KEYSCOPE_TEST_STORES (conftest.py), each on a fresh store."""
+    folder = tmp_path_factory.mktemp("gateway")
+    with STORE_URLS[request.param](folder) as store_url:
+        server = Gateway.start(echo.url, folder, store_url=store_url)
+        yield server
+        server.stop()
 
 
 @pytest.fixture(scope="module")

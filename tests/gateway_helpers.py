@@ -94,9 +94,11 @@ class Gateway:
     client: httpx.Client = field(repr=False)
 
     @classmethod
-    def start(cls, upstream: str, folder: Path, *extra: str, env: dict[str, str] | None = None) -> Gateway:
+    def start(
+        cls, upstream: str, folder: Path, *extra: str, env: dict[str, str] | None = None, store_url: str | None = None
+    ) -> Gateway:
         port = free_port()
-        store_url = f"sqlite:///{folder / 'keyscope.db'}"
+        store_url = store_url or f"sqlite:///{folder / 'keyscope.db'}"
         access_log = folder / "access.log"
         error_log = folder / "stderr.log"
         environment = {k: v for k, v in os.environ.items() if not k.startswith("KEYSCOPE_")}
