@@ -316,6 +316,18 @@ def test_id_names_are_case_insensitive_in_json() -> None:
     assert refusal(CREATE_CALL, key(("app-a", None)), {"platform": {"ApplicationId": "app-a"}}).reason == "id_name_case"
 
 
+@pytest.mark.parametrize("raw", [
+    b'{"x":{"\\u0061pplicationId":"app-b"}}',  # an escaped letter
+    b'{"x":{"appl\xc4\xb1cationId":"app-b"}}',  # raw UTF-8 dotless i
+    b'{"applicationId":"app-a","x":{"ApplicationId":"app-b"}}',  # an exact spelling next to a variant
+    b'{"text":"applicationId","x":{"APPLICATIONID":"app-b"}}',
+    b'{"x":[{"entityId":"e","applicationid":"app-b"}]}',
+])
+def test_id_names_are_found_however_the_body_is_written(raw: bytes) -> None:
+    r = refusal(CCAAS, key(("app-a", None)), raw, content_type=JSON)
+    assert (r.status, r.reason) == (403, "id_out_of_scope")
+
+
 def test_null_counts_as_missing() -> None:
     assert refusal(CREATE_CALL, key(("app-a", None)), {"platform": {"applicationId": None}}).reason == "id_missing"
     filled = run(CREATE_CALL, key(("app-a", None, "FILL")), {"platform": {"applicationId": None, "x": 1}})

@@ -17,6 +17,7 @@ from .errors import Refusal
 from .scope_form import BY_FOLD, id_kind, refuse
 
 MAX_DEPTH = 64
+_EXACT_NAMES = frozenset({"applicationId", "entityId"})
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
@@ -48,17 +49,15 @@ _DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant,
 def read(body: bytes) -> tuple[Any, list[Found]]:
     """The document and the objects in it that hold ids; Refusal(400) for anything parsers could read differently."""
     doc, text = parse(body)
-    if text.count("{") + text.count("[") > MAX_DEPTH or _may_name_ids(text):
-        return doc, find(doc)
-    return doc, []  # no key can spell an id name, and it cannot nest too deep: nothing to walk
-
-
-def _may_name_ids(text: str) -> bool:
-    """False only when no key can be an id name: ASCII, no \\u escapes, no id name in any case."""
     if not text.isascii() or "\\u" in text:
-        return True
+        return doc, find(doc)
     lowered = text.lower()
-    return "applicationid" in lowered or "entityid" in lowered
+    applications, entities = lowered.count("applicationid"), lowered.count("entityid")
+    if not applications and not entities and text.count("{") + text.count("[") <= MAX_DEPTH:
+        return doc, []  # no key can name an id and the document cannot nest too deep: nothing to walk
+    # Plain ASCII without escapes: if every spelling of an id name is the exact one, only exact keys count.
+    exact = text.count("applicationId") == applications and text.count("entityId") == entities
+    return doc, find(doc, exact)
 
 
 def parse(body: bytes) -> tuple[Any, str]:
@@ -106,13 +105,17 @@ class Found(NamedTuple):
     names: dict[str, str]
 
 
-def find(doc: Any) -> list[Found]:
-    """Every object that holds an applicationId/entityId key (any case), in document order."""
+def find(doc: Any, exact: bool = False) -> list[Found]:
+    """Every object that holds an applicationId/entityId key (any case), in document order.
+
+    With `exact` the caller guarantees no key spells an id name other than exactly, so objects without an
+    exact id key are only searched for children.
+    """
     found: list[Found] = []
     if type(doc) is dict:
-        _walk_object(doc, 1, [], found)
+        _walk_object(doc, 1, [], found, exact)
     elif type(doc) is list:
-        _walk_array(doc, 1, [], found)
+        _walk_array(doc, 1, [], found, exact)
     return found
 
 
@@ -120,9 +123,20 @@ def _too_deep(path: list[str | int]) -> Refusal:
     return refuse(400, "too_deep", where(path)[2:] or None, f"The JSON body nests deeper than {MAX_DEPTH} levels.")
 
 
-def _walk_object(node: dict[str, Any], depth: int, path: list[str | int], found: list[Found]) -> None:
+def _walk_object(node: dict[str, Any], depth: int, path: list[str | int], found: list[Found], exact: bool) -> None:
     if depth > MAX_DEPTH:
         raise _too_deep(path)
+    if exact and _EXACT_NAMES.isdisjoint(node):
+        for key, value in node.items():
+            if type(value) is dict:
+                path.append(key)
+                _walk_object(value, depth + 1, path, found, exact)
+                path.pop()
+            elif type(value) is list:
+                path.append(key)
+                _walk_array(value, depth + 1, path, found, exact)
+                path.pop()
+        return
     ids: dict[str, str | None] | None = None
     names: dict[str, str] = {}
     for key, value in node.items():
@@ -139,25 +153,25 @@ def _walk_object(node: dict[str, Any], depth: int, path: list[str | int], found:
             names[kind] = key
         elif type(value) is dict:
             path.append(key)
-            _walk_object(value, depth + 1, path, found)
+            _walk_object(value, depth + 1, path, found, exact)
             path.pop()
         elif type(value) is list:
             path.append(key)
-            _walk_array(value, depth + 1, path, found)
+            _walk_array(value, depth + 1, path, found, exact)
             path.pop()
 
 
-def _walk_array(node: list[Any], depth: int, path: list[str | int], found: list[Found]) -> None:
+def _walk_array(node: list[Any], depth: int, path: list[str | int], found: list[Found], exact: bool) -> None:
     if depth > MAX_DEPTH:
         raise _too_deep(path)
     for index, value in enumerate(node):
         if type(value) is dict:
             path.append(index)
-            _walk_object(value, depth + 1, path, found)
+            _walk_object(value, depth + 1, path, found, exact)
             path.pop()
         elif type(value) is list:
             path.append(index)
-            _walk_array(value, depth + 1, path, found)
+            _walk_array(value, depth + 1, path, found, exact)
             path.pop()
 
 
