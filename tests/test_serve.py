@@ -154,3 +154,26 @@ def test_two_workers_serve_and_share_the_store(tmp_path: Path) -> None:
     finally:
         gateway.stop()
         echo.stop()
+
+
+def test_last_used_is_written_off_the_request_path_and_at_shutdown(tmp_path: Path) -> None:
+    echo = Echo.start()
+    gateway = Gateway.start(echo.url, tmp_path)
+    try:
+        first = gateway.create_key("first")
+        second = gateway.create_key("second")
+        assert gateway.request("GET", "/one", first).status_code == 200  # the process's first use: written soon
+        deadline = time.monotonic() + 10
+        while gateway.admin("GET", f"/settings/2/api-keys/{first.id}").json()["lastUsed"] is None:
+            assert time.monotonic() < deadline, "lastUsed of the first key was never written"
+            time.sleep(0.05)
+        assert gateway.request("GET", "/two", second).status_code == 200  # within the minute: kept in memory
+        assert gateway.admin("GET", f"/settings/2/api-keys/{second.id}").json()["lastUsed"] is None
+    finally:
+        gateway.stop()  # a graceful shutdown writes what is pending
+    restarted = Gateway.start(echo.url, tmp_path)
+    try:
+        assert restarted.admin("GET", f"/settings/2/api-keys/{second.id}").json()["lastUsed"] is not None
+    finally:
+        restarted.stop()
+        echo.stop()
