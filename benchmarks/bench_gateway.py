@@ -1,8 +1,9 @@
 """What keyscope costs per request under load, next to the proxies people use (issue 6's load benchmark).
 
 Starts on 127.0.0.1 a minimal raw-ASGI backend (200-byte JSON), keyscope (`keyscope serve`, SQLite store seeded
-here), a bare aiohttp proxy, the Starlette + httpx tutorial proxy, nginx when installed, and a minimal Starlette
-app with and without KeyScopeMiddleware. Each row gets a warm-up, then the same load for the same time, `--runs`
+here), a bare aiohttp proxy, the Starlette + httpx tutorial proxy, nginx when installed, a minimal Starlette app
+with and without KeyScopeMiddleware, and keyscope's forwarding step alone (a diagnostic row: full gateway minus
+it is what the checks cost, it minus the bare proxy is what keyscope's forwarding adds). Each row gets a warm-up, then the same load for the same time, `--runs`
 times (wrk -t1 when installed, else benchmarks/gateway/loadgen.py). The load generator runs on CPU 0, servers on
 CPU 1 (taskset), except the --workers rows, whose servers get CPUs 0-1 (both workers rows alike, so they compare).
 
@@ -68,6 +69,7 @@ ROWS = [
     Row("nginx", "nginx proxy_pass, upstream keepalive", "nginx", "post", 200, True),
     Row("aiohttp", "bare aiohttp proxy, no checks", "aiohttp", "post", 200, True),
     Row("tutorial", "Starlette + httpx tutorial proxy, no checks", "tutorial", "post", 200, True),
+    Row("ks-forward", "keyscope's forwarding alone (proxy.Upstream, no checks)", "forward-only", "post", 200, True),
     Row("ks-post", "keyscope linked key, POST 1 KB (full check)", "keyscope", "post", 200, True),
     Row("ks-get", "keyscope linked key, GET logs?applicationId", "keyscope", "get-linked", 200, True),
     Row("ks-get-primary", "keyscope primary key, GET logs", "keyscope", "get-primary", 200, True),
@@ -179,6 +181,8 @@ class Bench:
             server = self._uvicorn(name, "bare_proxy:app", prefix, {"BENCH_UPSTREAM": upstream})
         elif name == "tutorial":
             server = self._uvicorn(name, "tutorial_proxy:app", prefix, {"BENCH_UPSTREAM": upstream})
+        elif name == "forward-only":
+            server = self._uvicorn(name, "forward_only:app", prefix, {"BENCH_UPSTREAM": upstream})
         elif name in ("mw-bare", "mw-keyscope"):
             env = {"BENCH_MIDDLEWARE": "1" if name == "mw-keyscope" else "0", "BENCH_STORE": self.store_url}
             server = self._uvicorn(name, "mw_app:app", prefix, env)

@@ -20,6 +20,7 @@ from typing import Any
 from .procs import Server
 
 _LINE = re.compile(r":\d+\)$")
+_FILE = re.compile(r"\(([^()]*)\)$")
 
 
 def py_spy() -> str | None:
@@ -47,8 +48,18 @@ def record(server: Server, out: Path, load: Callable[[], Any], rate: int = 250, 
     return {"file": str(out), "text": summarize(out.read_text(), top)}
 
 
+def component(frame: str) -> str:
+    """keyscope's module for its own frames, the top-level package (aiohttp, uvicorn, logging...) otherwise."""
+    found = _FILE.search(frame)
+    path = found.group(1) if found else frame
+    if path.startswith("keyscope/") or path.startswith("gateway/"):
+        return path
+    return path.split("/")[0].removesuffix(".py")
+
+
 def summarize(collapsed: str, top: int) -> str:
-    """Top functions by own time (leaf frames) and by inclusive time, from py-spy's collapsed stacks."""
+    """Own time by component and by function, and inclusive time by function, from py-spy's collapsed stacks."""
+    by_component: Counter[str] = Counter()
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
@@ -63,11 +74,14 @@ def summarize(collapsed: str, top: int) -> str:
             continue
         total += samples
         own[frames[-1]] += samples
+        by_component[component(frames[-1])] += samples
         for frame in set(frames):
             inclusive[frame] += samples
     if not total:
         return "no samples"
-    lines = [f"{total} samples; own time (the function itself):"]
+    lines = [f"{total} samples; own time by component:"]
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in by_component.most_common(top)]
+    lines.append("own time by function (the function itself):")
     lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
     # The chain from the program's entry down to the event loop is in every loop sample: leave it out.
     chain = max(inclusive.values())

@@ -1,0 +1,32 @@
+"""keyscope's forwarding step alone (`keyscope.proxy.Upstream`), with no checks: a diagnostic row.
+
+Set next to the bare aiohttp proxy and the full gateway, it splits keyscope's cost per request into what its
+forwarding adds over the plain proxy and what the checks add over its forwarding.
+
+    BENCH_UPSTREAM=http://127.0.0.1:PORT uvicorn --app-dir benchmarks/gateway forward_only:app
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from keyscope.proxy import Upstream
+
+upstream = Upstream(os.environ.get("BENCH_UPSTREAM", "http://127.0.0.1:9"))
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await upstream.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await upstream.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    await upstream.forward(scope, receive, send, query=scope["query_string"], body=None)
