@@ -178,7 +178,8 @@ def test_over_long_targets_are_refused() -> None:
 
 
 @pytest.mark.parametrize(("method", "expected"), [
-    (b"GET", None), ("POST", None), (b"PATCH", None), (b"get", "bad_method"), (b"GE T", "bad_method"),
+    (b"GET", None), ("POST", None), (b"PATCH", None), (b"VERSION-CONTROL", None), (b"get", "bad_method"),
+    (b"GE T", "bad_method"), (b"-GET", "bad_method"), (b"GET/", "bad_method"),
     (b"", "bad_method"), ("DEL\u00c9TE", "bad_method"),
 ])
 def test_methods(method: bytes | str, expected: str | None) -> None:

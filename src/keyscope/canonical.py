@@ -21,7 +21,7 @@ read a body by the last two).
 
 Reason codes (`Refusal.reason`, all with status 400 and step "canonical"):
     absolute_form          the target does not start with `/` (absolute-, authority- or asterisk-form)
-    bad_method             the method is not an upper-case token
+    bad_method             the method is not an upper-case token (letters, then letters, `-`, `_`)
     too_long               path and query together exceed MAX_TARGET bytes
     empty_segment          `//` in the path
     dot_segment            a `.` or `..` segment
@@ -84,7 +84,7 @@ _DELIMITERS = frozenset(b";?#")
 _HIGH_ESCAPE = re.compile(rb"%[89A-Fa-f]")
 
 _QUERY_BAD = re.compile(rb"[^\x21-\x7e]|#|%(?![0-9A-Fa-f]{2})")
-_METHOD = re.compile(rb"[A-Z]+")
+_METHOD = re.compile(rb"[A-Z][A-Z_-]*")
 
 _FORBIDDEN_HEADERS = {
     b"x-http-method-override": "method_override",

@@ -13,7 +13,8 @@ untouched and only its query ids are collected.
 
 Places. Each JSON object holding an id key, the query string and the form is a place. A place is permitted
 by an entry when every id it names equals that entry's id of the same kind (a kind the entry leaves unset is
-unconstrained). One place no entry permits refuses the request: 403 `id_out_of_scope`.
+unconstrained). One place no entry permits refuses the request: 403 `id_out_of_scope`. An empty string is an
+id like any other (it matches no entry, and step 5 finds no application of that name).
 
 Declared locations (the endpoint's `ids`). There, a kind an entry sets is also required: an entry permits a
 declared place only if the place names that kind. If no entry does, the key's action entry decides: FILL
@@ -76,6 +77,11 @@ class Place(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """What to forward. `query`/`body` are the objects passed in unless FILL/FORCE rewrote them (`changed`);
+    `entry` is what X-Keyscope-Application-Id/-Entity-Id carry (None for primary keys; an entry with key ""
+    holding only the kinds the places agree on when they used different entries); the id sets are what
+    step 5 checks for existence; `places` is for the explainer."""
+
     query: bytes
     body: bytes
     changed: bool
@@ -158,9 +164,8 @@ def inspect(
     request = _Request(query, body)
     request.read_query()
     request.read_body(_body_kind(content_type, content_encoding, body), linked)
-    if not linked:
+    if endpoint is None or not linked:
         return request.decision(None)
-    assert endpoint is not None
     _Check(key.platform, request).run(endpoint.ids)
     return request.decision(_entry_of(request.slots, key.platform))
 
@@ -172,7 +177,7 @@ class _Request:
         self.query = query
         self.body = body
         self.params: Query = []
-        self.query_slot: _Slot | None = None
+        self.query_slot = _Slot("query", {}, {}, self._write_query)
         self.form_slot: _Slot | None = None
         self.doc: Any = None
         self.json_slots: dict[int, _Slot] = {}
@@ -185,10 +190,8 @@ class _Request:
     def read_query(self) -> None:
         if self.query:
             self.params = parse_query(self.query)
-            ids, names = id_fields([(p.name, p.value) for p in self.params], "query string")
-            self.query_slot = _Slot("query", ids, names, self._write_query)
-        else:
-            self.query_slot = _Slot("query", {}, {}, self._write_query)
+            fields = [(param.name, param.value) for param in self.params]
+            self.query_slot.ids, self.query_slot.names = id_fields(fields, "query string")
 
     def _write_query(self, values: dict[str, str]) -> None:
         rebuilt = set_params(self.params, values)
@@ -204,7 +207,8 @@ class _Request:
             if body_kind.kind == "json":
                 self.doc, places = scope_json.read(self.body)
                 for found in places:
-                    self.json_slots[id(found.obj)] = _Slot(found.where, found.ids, found.names, _json_writer(self, found.obj))
+                    writer = _json_writer(self, found.obj)
+                    self.json_slots[id(found.obj)] = _Slot(found.where, found.ids, found.names, writer)
             elif body_kind.kind == "form":
                 params = parse_query(self.body, "form")
                 ids, names = id_fields([(p.name, p.value) for p in params], "form")
@@ -290,7 +294,6 @@ class _Check:
     def _declared(self, location: IdLocation) -> list[_Slot]:
         request = self.request
         if location.kind == "query":
-            assert request.query_slot is not None
             return [request.query_slot]
         if location.kind == "form":
             return [request.form_slot or _Slot("form", {}, {}, None)]
