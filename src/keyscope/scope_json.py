@@ -220,7 +220,8 @@ def resolve(doc: Any, steps: tuple[JsonStep, ...]) -> list[Target]:
             else:
                 raise refuse(400, "bad_location", field(path, step.name), "Expected an object here.")
         current = following
-    return sorted([Target(path, node) for path, node in current] + missing, key=lambda target: target.path)
+    targets = [Target(path, node) for path, node in current]
+    return sorted(targets + missing, key=lambda target: target.path) if missing else targets
 
 
 def materialise(target: Target) -> dict[str, Any]:
