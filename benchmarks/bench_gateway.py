@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -41,13 +41,11 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from gateway import procs, profile, report, verify  # noqa: E402
+from gateway.fixtures import APP, BODY_SIZE, OTHER_APP, message_body, seed  # noqa: E402
 from gateway.load import Generator, Request  # noqa: E402
 
 FORMAT = 1
 """Bumped whenever the table or the JSON changes shape, so later runs know what they compare with."""
-APP = "bench-app"
-OTHER_APP = "bench-other"
-BODY_SIZE = 1024
 UVICORN = ["--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"]
 BASELINE = "proxy-baseline.md, POST 1 KB c64: nginx 63, bare aiohttp 448 (GET 391), tutorial ~4,400 µs/req"
 
@@ -81,44 +79,6 @@ ROWS = [
 ]
 WIDE = {"keyscope-w1", "keyscope-w2"}
 """Servers that get both CPUs (with their own backend on both CPUs)."""
-
-
-def message_body(application: str) -> bytes:
-    """A 1 KB SMS send naming `application` in messages[] (where endpoints.yaml says the ids are)."""
-    message = {"destinations": [{"to": "41793026727"}], "from": "InfoSMS", "text": "", "applicationId": application}
-    bare = len(json.dumps({"messages": [message]}, separators=(",", ":")))
-    message["text"] = "x" * (BODY_SIZE - bare)
-    body = json.dumps({"messages": [message]}, separators=(",", ":")).encode()
-    assert len(body) == BODY_SIZE, len(body)
-    return body
-
-
-async def seed(store_url: str) -> tuple[str, str]:
-    """Two applications and two keys, written through the store as `keyscope.demo` does: (linked, primary)."""
-    from keyscope import keys
-    from keyscope.models import ApiKey, Application, PlatformEntry
-    from keyscope.store import store_from_url
-
-    store = store_from_url(store_url)
-    await store.open()
-    try:
-        await store.create_application(Application(APP, "Benchmark"))
-        await store.create_application(Application(OTHER_APP, "Benchmark, other"))
-        made = []
-        for name, platform_entries in (("bench-linked", (PlatformEntry("", APP, None),)), ("bench-primary", ())):
-            secret = keys.new_secret()
-            now = datetime.now(timezone.utc).replace(microsecond=0)
-            await store.create_key(
-                ApiKey(
-                    id=keys.new_key_id(), name=name, secret_hash=keys.hash_secret(secret),
-                    prefix=keys.display_prefix(secret), allowed_ips=(), valid_from=now,
-                    valid_to=now + timedelta(days=1), enabled=True, platform=platform_entries, created_at=now,
-                )
-            )
-            made.append(secret)
-    finally:
-        await store.close()
-    return made[0], made[1]
 
 
 class Bench:

@@ -1,0 +1,183 @@
+"""CPU per call of each step of keyscope's request path, in-process: no sockets, no server, no load generator.
+
+No sockets, so none of the network and server costs that dominate the load benchmark: a change to one step
+shows here plainly. Each figure is process CPU time over many calls, the median of several rounds; other load
+on the machine still moves it (caches, frequency), so compare figures taken back to back.
+
+    .venv/bin/python benchmarks/gateway/steps.py [--calls 20000] [--rounds 5]
+
+Measured, on the 1 KB POST of the load benchmark unless said otherwise:
+    step 1     Checks.target (canonical target)
+    steps 2-5  Checks.admit: linked POST, linked GET, primary GET
+    forward    what keyscope computes before aiohttp: identity and upstream request headers
+    log        one access-log line (to /dev/null)
+    refusal    the whole gateway on the refused POST (steps 1-5, the 403 answer, the log line)
+    middleware KeyScopeMiddleware around a trivial ASGI app, against that app alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway.fixtures import APP, OTHER_APP, message_body, seed  # noqa: E402
+from keyscope import accesslog  # noqa: E402
+from keyscope.checks import Admission  # noqa: E402
+from keyscope.config import Settings  # noqa: E402
+from keyscope.errors import Refusal  # noqa: E402
+from keyscope.gateway import Gateway  # noqa: E402
+from keyscope.middleware import KeyScopeMiddleware  # noqa: E402
+from keyscope.store import store_from_url  # noqa: E402
+
+_ANSWER = b'{"ok":true}'
+
+
+def http_scope(method: str, target: bytes, secret: str, body: bytes) -> dict[str, Any]:
+    """The scope uvicorn builds for wrk's request."""
+    path, _, query = target.partition(b"?")
+    headers = [(b"host", b"127.0.0.1:8080"), (b"authorization", f"App {secret}".encode())]
+    if body:
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    return {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+        "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 50000), "scheme": "http", "method": method,
+        "root_path": "", "path": path.decode(), "raw_path": path, "query_string": query, "headers": headers,
+        "state": {},
+    }
+
+
+def receiver(body: bytes) -> Callable[[], Awaitable[dict[str, Any]]]:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+async def discard(message: dict[str, Any]) -> None:
+    return None
+
+
+async def trivial_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await receive()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"11")]})
+    await send({"type": "http.response.body", "body": _ANSWER})
+
+
+async def per_call(step: Callable[[], Awaitable[object]], calls: int, rounds: int) -> float:
+    """Median over rounds of process CPU µs per call."""
+    for _ in range(min(calls, 1000)):
+        await step()
+    results = []
+    for _ in range(rounds):
+        started = time.process_time()
+        for _ in range(calls):
+            await step()
+        results.append((time.process_time() - started) * 1e6 / calls)
+    return statistics.median(results)
+
+
+async def measure(store_url: str, calls: int, rounds: int) -> list[tuple[str, float]]:
+    linked, primary = await seed(store_url)
+    post = message_body(APP)
+    refused = message_body(OTHER_APP)
+    logs = f"/sms/1/logs?applicationId={APP}".encode()
+    gateway = Gateway.from_settings(Settings(upstream="http://127.0.0.1:9", store=store_url))
+    await gateway.startup()
+    middleware_store = store_from_url(store_url)
+    await middleware_store.open()
+    middleware = KeyScopeMiddleware(trivial_app, store=middleware_store)
+    devnull = open(os.devnull, "w")
+    accesslog.enable(devnull)
+    try:
+        checks = gateway.checks
+        post_scope = http_scope("POST", b"/sms/2/text/advanced", linked, post)
+        get_scope = http_scope("GET", logs, linked, b"")
+        primary_scope = http_scope("GET", logs, primary, b"")
+        refused_scope = http_scope("POST", b"/sms/2/text/advanced", linked, refused)
+
+        async def target() -> None:
+            checks.target(post_scope)
+
+        def admit(scope: dict[str, Any], body: bytes) -> Callable[[], Awaitable[None]]:
+            receive = receiver(body)
+
+            async def step() -> None:
+                await checks.admit(scope, receive, Admission())
+
+            return step
+
+        admitted = Admission()
+        await checks.admit(post_scope, receiver(post), admitted)
+
+        async def headers() -> None:
+            gateway.upstream.request_headers(post_scope, admitted.identity_headers())
+
+        async def log_line() -> None:
+            accesslog.record(started=time.perf_counter(), method="POST", path=b"/sms/2/text/advanced",
+                             decision=accesslog.FORWARDED, status=200, key_id=admitted.key_id,
+                             function=admitted.function, upstream_status=200)
+
+        refused_receive = receiver(refused)
+
+        async def refusal() -> None:
+            await gateway(refused_scope, refused_receive, discard)
+
+        async def wrapped() -> None:
+            await middleware(post_scope, receiver(post), discard)
+
+        async def bare() -> None:
+            await trivial_app(post_scope, receiver(post), discard)
+
+        try:
+            await checks.admit(refused_scope, refused_receive, Admission())
+        except Refusal:
+            pass
+        else:
+            raise SystemExit("steps: the refused POST was admitted; the fixtures no longer make a refusal")
+        steps = [
+            ("step 1: Checks.target, POST", target),
+            ("steps 2-5: Checks.admit, linked POST 1 KB", admit(post_scope, post)),
+            ("steps 2-5: Checks.admit, linked GET", admit(get_scope, b"")),
+            ("steps 2-5: Checks.admit, primary GET", admit(primary_scope, b"")),
+            ("forward: identity + upstream request headers", headers),
+            ("log: one access-log line", log_line),
+            ("refusal: whole gateway, refused POST 1 KB (403)", refusal),
+            ("middleware: KeyScopeMiddleware + trivial app, POST", wrapped),
+            ("middleware: trivial app alone, POST", bare),
+        ]
+        return [(name, await per_call(step, calls, rounds)) for name, step in steps]
+    finally:
+        accesslog.disable()
+        devnull.close()
+        await middleware.close()
+        await middleware_store.close()
+        await gateway.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    if not 1 <= args.calls <= 1_000_000 or not 1 <= args.rounds <= 50:
+        parser.error("--calls must be 1..1,000,000 and --rounds 1..50")
+    with tempfile.TemporaryDirectory() as directory:
+        results = asyncio.run(measure(f"sqlite:///{Path(directory) / 'keyscope.db'}", args.calls, args.rounds))
+    print("| step | CPU µs/call |\n|---|---:|")
+    for name, micros in results:
+        print(f"| {name} | {micros:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
