@@ -65,7 +65,9 @@ class Upstream:
 
     async def start(self) -> None:
         """Create the session; must run inside the worker's event loop."""
-        connector = aiohttp.TCPConnector(limit=self._connections, keepalive_timeout=30, ttl_dns_cache=60)
+        # Idle upstream connections are dropped after 4 s, before uvicorn's and Node's 5 s: a connection the
+        # upstream closes just as it is reused fails a POST, which aiohttp (rightly) does not retry.
+        connector = aiohttp.TCPConnector(limit=self._connections, keepalive_timeout=4, ttl_dns_cache=60)
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
