@@ -54,8 +54,8 @@ SMS_LOGS = ep("GET", "/sms/1/logs")  # query
 CCAAS = ep("POST", "/ccaas/1/conversations")  # none
 
 
-def run(endpoint: Endpoint | None, k: ApiKey, body: Any = None, *, query: bytes = b"", content_type: bytes | None = None,
-        content_encoding: bytes | None = None) -> scope.Decision:
+def run(endpoint: Endpoint | None, k: ApiKey, body: Any = None, *, query: bytes = b"",
+        content_type: bytes | None = None, content_encoding: bytes | None = None) -> scope.Decision:
     if body is None:
         raw = b""
     elif isinstance(body, bytes):
@@ -366,7 +366,8 @@ def test_each_place_may_use_a_different_entry() -> None:
 
 def test_entry_is_what_the_places_agree_on() -> None:
     k = key(("app-a", "ent-1"), ("app-a", "ent-2"))
-    body = {"messages": [{"applicationId": "app-a", "entityId": "ent-1"}, {"applicationId": "app-a", "entityId": "ent-2"}]}
+    body = {"messages": [{"applicationId": "app-a", "entityId": "ent-1"},
+                         {"applicationId": "app-a", "entityId": "ent-2"}]}
     assert run(SMS_ADVANCED, k, body).entry == PlatformEntry("", "app-a", None)
     assert run(SMS_ADVANCED, k, {"messages": [body["messages"][1]]}).entry == k.platform[1]
     assert run(CCAAS, k, {}).entry == PlatformEntry("", "app-a", None)
@@ -409,7 +410,8 @@ def test_primary_keys_collect_but_never_refuse_for_scope() -> None:
     (b"multipart/form-data", None, b"--x\r\n"),
     (b"application/json; charset=\"utf-8", None, b"{}"),
     (b"multipart/form-data; boundary=b", None,
-     b'--b\r\nContent-Disposition: form-data; name="text"\r\nContent-Transfer-Encoding: base64\r\n\r\naGk=\r\n--b--\r\n'),
+     b'--b\r\nContent-Disposition: form-data; name="text"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+     b'aGk=\r\n--b--\r\n'),
 ])
 def test_uninspectable_bodies(content_type: bytes | None, encoding: bytes | None, raw: bytes) -> None:
     r = refusal(CCAAS, key(("app-a", None)), raw, content_type=content_type, content_encoding=encoding)
@@ -533,7 +535,7 @@ def test_multipart_ambiguity_is_400(raw: bytes, reason: str) -> None:
 def test_urlencoded_form() -> None:
     k = key(("app-a", None))
     assert run(CCAAS, k, b"text=hi&applicationId=app-a", content_type=FORM).application_ids == {"app-a"}
-    r = refusal(CCAAS, k, b"text=hi&Applicationid=app-b", content_type=b"application/x-www-form-urlencoded; charset=UTF-8")
+    r = refusal(CCAAS, k, b"text=hi&Applicationid=app-b", content_type=FORM + b"; charset=UTF-8")
     assert (r.reason, r.field) == ("id_out_of_scope", "Applicationid")
     assert refusal(CCAAS, k, b"applicationId=app-a&applicationId=app-a", content_type=FORM).reason == "duplicate_id"
     assert refusal(CCAAS, PRIMARY, b"a=1;applicationId=app-b", content_type=FORM).reason == "semicolon"
@@ -567,7 +569,8 @@ def keys(draw: st.DrawFn) -> ApiKey:
 
 @st.composite
 def id_objects(draw: st.DrawFn, children: st.SearchStrategy[Any], exact: bool = False) -> dict[str, Any]:
-    obj: dict[str, Any] = draw(st.dictionaries(st.sampled_from(["a", "b", "text", "content", "x"]), children, max_size=3))
+    names = st.sampled_from(["a", "b", "text", "content", "x"])
+    obj: dict[str, Any] = draw(st.dictionaries(names, children, max_size=3))
     for kind, values in (("applicationId", APPS), ("entityId", ENTS)):
         if draw(st.booleans()):
             name = kind if exact else draw(st.sampled_from(NAMES[kind]))
@@ -620,8 +623,9 @@ def test_permits_iff_every_planted_id_is_in_scope(document: dict[str, Any], k: A
     assert decision.application_ids == {p["applicationId"] for p in planted if p["applicationId"]}
 
 
-messages = st.lists(st.fixed_dictionaries({"content": documents}, optional={
-    "options": st.fixed_dictionaries({}, optional={"platform": id_objects(scalars, exact=True)})}), min_size=1, max_size=4)
+options = st.fixed_dictionaries({}, optional={"platform": id_objects(scalars, exact=True)})
+message = st.fixed_dictionaries({"content": documents}, optional={"options": options})
+messages = st.lists(message, min_size=1, max_size=4)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])

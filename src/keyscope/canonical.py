@@ -216,4 +216,5 @@ def _check_headers(headers: list[tuple[bytes, bytes]]) -> None:
         )
     for name, count in seen.items():
         if count > 1 and _COUNTED[name]:
-            _refuse(_COUNTED[name], name.decode("latin-1"), f"The request carries more than one {name.decode()} header.")
+            header = name.decode("latin-1")
+            _refuse(_COUNTED[name], header, f"The request carries more than one {header} header.")
