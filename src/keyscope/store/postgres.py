@@ -113,7 +113,12 @@ class PostgresStore(SQLStore):
                 timeout=self._connect_timeout,
                 command_timeout=self._command_timeout,
                 statement_cache_size=256,
-                server_settings={"application_name": "keyscope"},
+                server_settings={
+                    "application_name": "keyscope",
+                    # a client that vanished mid-transaction (network partition) must not hold WRITE_LOCK
+                    # until TCP gives up on it, which can take hours; our transactions never sit idle
+                    "idle_in_transaction_session_timeout": "60000",
+                },
             )
         except Exception as exc:
             raise self._translate(exc, "cannot connect to PostgreSQL store") from exc
