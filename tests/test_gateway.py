@@ -90,6 +90,24 @@ def test_management_paths_are_refused_for_linked_keys_and_never_forwarded(
     assert echo.log() == []
 
 
+@pytest.mark.parametrize(
+    "path", ["/provisioning/1", "/provisioning/1/nothing-here", "/PROVISIONING/1/applications",
+             "/Settings/2/API-Keys", "/settings/2/api-keys/"],
+)
+def test_management_paths_in_any_case_are_never_forwarded_even_for_primary_keys(
+    path: str, gateway: Gateway, echo: Echo, world: World
+) -> None:
+    response = gateway.request("GET", path, world.primary)
+    assert response.status_code in (403, 404)
+    assert echo.log() == []
+
+
+def test_paths_that_only_resemble_management_paths_are_forwarded(gateway: Gateway, echo: Echo, world: World) -> None:
+    for path in ("/provisioning/10/applications", "/provisioning/1x", "/settings/2/api-keys-archive"):
+        assert gateway.request("GET", path, world.primary).status_code == 200
+    assert len(echo.log()) == 3
+
+
 def test_management_api_answers_primary_keys_itself(gateway: Gateway, echo: Echo, world: World) -> None:
     listed = gateway.request("GET", "/provisioning/1/applications", world.primary)
     assert listed.status_code == 200

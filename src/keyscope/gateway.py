@@ -34,9 +34,14 @@ _API_KEYS = b"/settings/2/api-keys"
 
 
 def is_management(raw_path: bytes) -> bool:
-    """`/provisioning/1[/...]` and `/settings/2/api-keys[/...]`, on whole segments, on the canonical raw path."""
+    """`/provisioning/1[/...]` and `/settings/2/api-keys[/...]`, on whole segments, on the canonical raw path.
+
+    In any letter case: a backend that ignores case must never receive a management path (with the
+    upstream's own credentials) just because keyscope's routes are case-sensitive.
+    """
+    path = raw_path.lower()
     for prefix in (_PROVISIONING, _API_KEYS):
-        if raw_path.startswith(prefix) and (len(raw_path) == len(prefix) or raw_path[len(prefix)] == 0x2F):
+        if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == 0x2F):
             return True
     return False
 
