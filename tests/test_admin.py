@@ -405,6 +405,18 @@ async def test_revoke_relink_and_make_primary(env: Env) -> None:
     assert (await env.client.delete(f"{KEYS}/{key_id}")).status_code == 404
 
 
+async def test_platform_read_back_can_be_sent_again(env: Env) -> None:
+    """`key` is server-assigned: accepted and ignored in input, so a GET document round-trips through PUT."""
+    await env.client.post(ENTITIES, json={"entityId": "e1"})
+    key_id, _ = await env.key(platform=[{"applicationId": "default", "entityId": "e1", "action": "FORCE"}])
+    shown = (await env.client.get(f"{KEYS}/{key_id}")).json()
+    again = await env.client.put(f"{KEYS}/{key_id}", json={"platform": shown["platform"]})
+    assert again.status_code == 200
+    assert [{**e, "key": None} for e in again.json()["platform"]] == [{**e, "key": None} for e in shown["platform"]]
+    refused = await env.client.put(f"{KEYS}/{key_id}", json={"platform": [{**shown["platform"][0], "key": 7}]})
+    assert refused.status_code == 400 and violations(refused) == ["platform[0].key"]
+
+
 async def test_key_paging(env: Env) -> None:
     ids = sorted([(await env.key(name=f"key-{i}"))[0] for i in range(5)])
     page = (await env.client.get(KEYS, params={"page": 1, "size": 2})).json()

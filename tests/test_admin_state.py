@@ -286,6 +286,6 @@ class AdminMachine(RuleBasedStateMachine):
 
 
 AdminMachine.TestCase.settings = settings(
-    max_examples=15, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=10, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestAdminState = AdminMachine.TestCase
