@@ -368,8 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         "its stdout (the access log, on by default) goes to /dev/null"
     )
     bench.notes.append("middleware rows: no access log (KeyScopeMiddleware logs only where the app turns on "
-                       "the keyscope.access logger); ks-forward streams the body, the gateway forwards the bytes "
-                       "it checked")
+                       "the keyscope.access logger)")
     bench.notes.append(f"baseline figures: {BASELINE}")
     document = {
         "format": FORMAT, "time": stamp, "host": platform.node(), "cpus": os.cpu_count(), "versions": versions(),

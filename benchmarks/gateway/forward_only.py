@@ -1,7 +1,8 @@
 """keyscope's forwarding step alone (`keyscope.proxy.Upstream`), with no checks: a diagnostic row.
 
 Set next to the bare aiohttp proxy and the full gateway, it splits keyscope's cost per request into what its
-forwarding adds over the plain proxy and what the checks add over its forwarding.
+forwarding adds over the plain proxy and what the checks add over its forwarding. A POST body is read first
+and forwarded as bytes, as the gateway does after checking it.
 
     BENCH_UPSTREAM=http://127.0.0.1:PORT uvicorn --app-dir benchmarks/gateway forward_only:app
 """
@@ -29,4 +30,13 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 return
     if scope["type"] != "http":
         return
-    await upstream.forward(scope, receive, send, query=scope["query_string"], body=None)
+    body = None
+    if scope["method"] == "POST":  # as the gateway does once its checks have read a JSON body
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+    await upstream.forward(scope, receive, send, query=scope["query_string"], body=body)
