@@ -654,3 +654,26 @@ def test_declared_locations_fill_force_and_a_second_inspect(batch: list[dict[str
     for message in json.loads(decision.body)["messages"]:
         platform = message.get("options", {}).get("platform", {})
         assert any(requires(e, platform) for e in k.platform)
+
+
+_FRAGMENTS = [b'{"', b'"}', b"[", b"]", b"{", b"}", b":", b",", b'"applicationId"', b'"ApplicationId"', b'"app-a"', b"null",
+              b"1e999", b"NaN", b"\\u0061", b"\\ud800", b"\xff", b"\xef\xbb\xbf", b"&", b"=", b";", b"%", b"%61",
+              b"applicationId", b"entityId", b"--XyZ", b"\r\n", b"Content-Disposition: form-data; name=", b'"a"']
+_CONTENT_TYPES = [JSON, FORM, b"multipart/form-data; boundary=XyZ", b"application/xml", None]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_FRAGMENTS), max_size=16).map(b"".join), st.sampled_from(_CONTENT_TYPES),
+       st.sampled_from([SEND_SMS, EMAIL_SEND, SMS_LOGS, CCAAS]), st.sampled_from([PRIMARY, key(("app-a", None, "FILL")),
+                                                                                 key(("app-a", "ent-1", "FORCE"))]))
+def test_any_body_is_decided_or_refused_never_crashes(raw: bytes, content_type: bytes | None, endpoint: Endpoint,
+                                                      k: ApiKey) -> None:
+    try:
+        decision = run(endpoint, k, raw, query=raw[:20].replace(b"\xff", b""), content_type=content_type)
+    except Refusal as r:
+        assert r.status in (400, 403, 415) and r.reason
+        event(f"refused {r.status}")
+        return
+    event("decided, changed" if decision.changed else "decided")
+    again = run(endpoint, k, decision.body, query=decision.query, content_type=content_type)
+    assert not again.changed
