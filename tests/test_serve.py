@@ -4,6 +4,7 @@ with one line on stderr and exit status 2 before anything listens. Also `--worke
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -116,6 +117,20 @@ def test_configuration_errors_stop_start_up_with_one_line_and_status_2(
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("keyscope serve: ") and expected in lines[0]
     assert "pw@" not in lines[0]  # a store password is never printed
+
+
+def test_a_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSCOPE_")}
+        result = subprocess.run(
+            [sys.executable, "-m", "keyscope.server", "--upstream", UPSTREAM, "--port", str(port)],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"keyscope serve: cannot listen on 127.0.0.1:{port}: Address already in use"
 
 
 def test_console_script_serve_is_wired(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -88,6 +89,19 @@ def prepare(settings: Settings) -> None:
     except ValueError as exc:
         raise ConfigError(f"endpoints: {_one_line(str(exc))}") from None
     asyncio.run(_check_store(settings.store))
+    _check_listen(settings.host, settings.port)
+
+
+def _check_listen(host: str, port: int) -> None:
+    """The address must be free now; uvicorn binds it a moment later (SO_REUSEADDR, as uvicorn does)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 async def _check_store(url: str) -> None:
