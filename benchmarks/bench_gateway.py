@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from gateway import procs, profile, report, verify  # noqa: E402
+from gateway import procs, pyspy, report, verify  # noqa: E402
 from gateway.fixtures import APP, BODY_SIZE, OTHER_APP, message_body, seed  # noqa: E402
 from gateway.load import Generator, Request  # noqa: E402
 
@@ -208,7 +208,7 @@ class Bench:
         request = self.requests[row.request]
         if self.args.warmup > 0:  # idle pooled connections were closed by the backend meanwhile: reopen them first
             self.generator.run(port, request, self.args.connections, self.args.warmup, self.placement.loadgen)
-        return profile.record(
+        return pyspy.record(
             server or backend, self.run_dir / f"profile-{row.id}.txt",
             lambda: self.generator.run(port, request, self.args.connections, self.args.duration,
                                        self.placement.loadgen),
@@ -370,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.notes.append("middleware rows: no access log (KeyScopeMiddleware logs only where the app turns on "
                        "the keyscope.access logger)")
     bench.notes.append(f"baseline figures: {BASELINE}")
+    busiest = max((s["other_cpu_pct"] or 0 for s in summary.values()), default=0)
+    if busiest > 25:
+        bench.notes.append(f"CAUTION: other processes used up to {busiest:.0f}% of a CPU during these runs; "
+                           "absolute figures are low and noisy, compare ratios, re-run on a quiet machine")
     document = {
         "format": FORMAT, "time": stamp, "host": platform.node(), "cpus": os.cpu_count(), "versions": versions(),
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],
