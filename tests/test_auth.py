@@ -258,6 +258,75 @@ async def test_concurrent_misses_share_one_lookup(store: CountingStore) -> None:
     assert store.lookups == 1
 
 
+class GatedStore(CountingStore):
+    """The real store, whose lookups wait until the test opens the gate."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.gate = anyio.Event()
+        self.waiting = 0
+
+    async def find_key_by_hash(self, secret_hash: bytes) -> ApiKey | None:
+        self.waiting += 1
+        await self.gate.wait()
+        return await super().find_key_by_hash(secret_hash)
+
+
+async def test_a_cancelled_lookup_is_taken_over_by_a_waiting_request(tmp_path: Path) -> None:
+    store = GatedStore(str(tmp_path / "gated.db"))
+    await store.open()
+    try:
+        key, secret = await add_key(store)
+        auth = KeyAuthenticator(store)
+        found: list[str] = []
+        leader_scope = anyio.CancelScope()
+
+        async def leader() -> None:
+            with leader_scope:
+                await auth.authenticate(with_key(secret))
+
+        async def follower() -> None:
+            found.append((await auth.authenticate(with_key(secret))).id)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(leader)
+            await anyio.wait_all_tasks_blocked()
+            tasks.start_soon(follower)
+            await anyio.wait_all_tasks_blocked()
+            assert store.waiting == 1  # the follower waits for the leader's lookup
+            leader_scope.cancel()
+            await anyio.wait_all_tasks_blocked()
+            assert store.waiting == 2  # and takes it over once the leader is gone
+            store.gate.set()
+        assert found == [key.id]
+        assert store.lookups == 1
+    finally:
+        await store.close()
+
+
+async def test_concurrent_misses_share_a_store_failure(tmp_path: Path) -> None:
+    store = GatedStore(str(tmp_path / "gated.db"))
+    await store.open()
+    _, secret = await add_key(store)
+    auth = KeyAuthenticator(store)
+    failures: list[type[BaseException]] = []
+
+    async def one() -> None:
+        try:
+            await auth.authenticate(with_key(secret))
+        except StoreUnavailable as exc:
+            failures.append(type(exc))
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(5):
+            tasks.start_soon(one)
+        await anyio.wait_all_tasks_blocked()
+        await store.close()
+        store.gate.set()
+    assert failures == [StoreUnavailable] * 5
+    assert store.waiting == 1
+
+
 async def test_store_unavailable_propagates_and_is_not_cached(store: CountingStore) -> None:
     _, secret = await add_key(store)
     auth = KeyAuthenticator(store)

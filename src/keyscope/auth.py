@@ -9,12 +9,12 @@ Secrets never leave this module except as their hash.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import anyio
 from cachetools import TTLCache
 
 from .errors import Refusal
@@ -37,6 +37,16 @@ class _Cached:
     networks: tuple[IPNetwork, ...]
     valid_from: float
     valid_to: float
+
+
+@dataclass(slots=True)
+class _Lookup:
+    """A store lookup in flight, which concurrent misses for the same secret wait for instead of repeating."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    finished: bool = False
+    result: _Cached | None = None
+    error: Exception | None = None
 
 
 def _refuse(reason: str, detail: str) -> Refusal:
@@ -97,7 +107,7 @@ class KeyAuthenticator:
         self._keys: TTLCache[bytes, _Cached] = TTLCache(maxsize=maxsize, ttl=ttl)
         self._unknown: TTLCache[bytes, bool] = TTLCache(maxsize=negative_maxsize, ttl=negative_ttl)
         self._hash_by_id: dict[str, bytes] = {}
-        self._inflight: dict[bytes, asyncio.Task[_Cached | None]] = {}
+        self._inflight: dict[bytes, _Lookup] = {}
         self._generation = 0
         self._trusted = parse_networks(trusted_proxies)
 
@@ -162,18 +172,25 @@ class KeyAuthenticator:
             self._keys.pop(secret_hash, None)
 
     async def _lookup(self, secret_hash: bytes) -> _Cached | None:
-        task = self._inflight.get(secret_hash)
-        if task is None:
-            task = asyncio.ensure_future(self._load(secret_hash, self._generation))
-            self._inflight[secret_hash] = task
-            task.add_done_callback(lambda done: self._finished(secret_hash, done))
-        return await asyncio.shield(task)
-
-    def _finished(self, secret_hash: bytes, task: asyncio.Task[_Cached | None]) -> None:
-        if self._inflight.get(secret_hash) is task:
-            del self._inflight[secret_hash]
-        if not task.cancelled():
-            task.exception()  # retrieved here so that a lookup nobody awaits any more is not reported
+        while (pending := self._inflight.get(secret_hash)) is not None:
+            await pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+            if pending.finished:
+                return pending.result
+            # the task doing the lookup was cancelled: this one does it instead
+        lookup = self._inflight[secret_hash] = _Lookup()
+        try:
+            lookup.result = await self._load(secret_hash, self._generation)
+            lookup.finished = True
+            return lookup.result
+        except Exception as exc:
+            lookup.error = exc
+            raise
+        finally:
+            if self._inflight.get(secret_hash) is lookup:
+                del self._inflight[secret_hash]
+            lookup.done.set()
 
     async def _load(self, secret_hash: bytes, generation: int) -> _Cached | None:
         key = await self.store.find_key_by_hash(secret_hash)
