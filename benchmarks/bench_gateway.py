@@ -15,6 +15,9 @@ flagged in the `check` column.
 
     .venv/bin/python benchmarks/bench_gateway.py [--duration 10] [--connections 64] [--runs 2] [--warmup 2]
         [--only direct,aiohttp,ks-post,...] [--loadgen auto|wrk|python] [--profile ks-post]
+        [--keyscope-arg=--no-access-log] [--compare benchmarks/results/gateway-<earlier>.json]
+
+benchmarks/gateway/steps.py times each step of the request path in-process, without sockets.
 """
 
 from __future__ import annotations
@@ -44,8 +47,6 @@ from gateway import procs, pyspy, report, verify  # noqa: E402
 from gateway.fixtures import APP, BODY_SIZE, OTHER_APP, message_body, seed  # noqa: E402
 from gateway.load import Generator, Request  # noqa: E402
 
-FORMAT = 1
-"""Bumped whenever the table or the JSON changes shape, so later runs know what they compare with."""
 UVICORN = ["--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"]
 BASELINE = "proxy-baseline.md, POST 1 KB c64: nginx 63, bare aiohttp 448 (GET 391), tutorial ~4,400 µs/req"
 
@@ -295,6 +296,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", default="", metavar="ROWS",
                         help="after measuring these rows, one more run under py-spy (not in the table)")
     parser.add_argument("--results", type=Path, default=HERE / "results", help="directory for the JSON file")
+    parser.add_argument("--compare", type=Path, metavar="JSON", help="an earlier results file to compare with")
     args = parser.parse_args(argv)
     known = {r.id for r in ROWS}
     args.only = [r for r in args.only.split(",") if r] or [r.id for r in ROWS]
@@ -310,6 +312,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--connections must be 1..512")
     if not 1 <= args.runs <= 5:
         parser.error("--runs must be 1..5")
+    if args.compare is not None:
+        try:
+            args.earlier = json.loads(args.compare.read_text())
+        except (OSError, ValueError) as exc:
+            parser.error(f"--compare {args.compare}: {exc}")
     return args
 
 
@@ -375,14 +382,15 @@ def main(argv: list[str] | None = None) -> int:
         bench.notes.append(f"CAUTION: other processes used up to {busiest:.0f}% of a CPU during these runs; "
                            "absolute figures are low and noisy, compare ratios, re-run on a quiet machine")
     document = {
-        "format": FORMAT, "time": stamp, "host": platform.node(), "cpus": os.cpu_count(), "versions": versions(),
+        "format": report.FORMAT, "time": stamp, "host": platform.node(), "cpus": os.cpu_count(),
+        "versions": versions(),
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "earlier"},
         "notes": bench.notes, "results": results, "summary": summary, "targets": goals,
     }
     out = args.results / f"gateway-{stamp}.json"
     out.write_text(json.dumps(document, indent=1))
-    print(f"\n## keyscope gateway benchmark ({stamp}, format {FORMAT})\n")
+    print(f"\n## keyscope gateway benchmark ({stamp}, format {report.FORMAT})\n")
     print(f"POST /sms/2/text/advanced with a {BODY_SIZE}-byte JSON body unless the row says GET; "
           f"c{args.connections}, {args.runs} x {args.duration:g}s per row (figures are medians of the runs).\n")
     print(report.table(results, summary))
@@ -391,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for note in bench.notes:
         print(f"- {note}")
+    if args.compare is not None:
+        print()
+        print(report.comparison(args.earlier, summary, goals))
     for result in results:
         for problem in result["problems"]:
             print(f"- FLAGGED {result['row']}: {problem}")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+FORMAT = 1
+"""Bumped whenever the table or the JSON changes shape, so later runs know what they compare with."""
+
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     runs = result["runs"]
@@ -77,13 +80,46 @@ def table(results: list[dict[str, Any]], summary: dict[str, dict[str, Any]]) -> 
     return "\n".join(lines)
 
 
+def _shown(value: float | None, goal: str) -> str:
+    return "-" if value is None else (f"{value:+.0%}" if goal.endswith("%") else f"{value:.2f}")
+
+
 def target_table(rows: list[dict[str, Any]], flagged: set[str]) -> str:
     lines = ["| target (issue 6) | value | goal | met |", "|---|---:|---|---|"]
     for t in rows:
-        value = t["value"]
-        shown = "-" if value is None else (f"{value:+.0%}" if t["goal"].endswith("%") else f"{value:.2f}")
+        shown = _shown(t["value"], t["goal"])
         met = "-" if t["met"] is None else ("yes" if t["met"] else "NO")
         if set(t["rows"]) & flagged:
             met += " (row flagged)"
         lines.append(f"| {t['target']} | {shown} | {t['goal']} | {met} |")
+    return "\n".join(lines)
+
+
+def comparison(before: dict[str, Any], summary: dict[str, dict[str, Any]], goals: list[dict[str, Any]]) -> str:
+    """This run against an earlier results file: the figures that matter per row, and the target ratios."""
+    if before.get("format") != FORMAT:
+        return f"(the earlier file has format {before.get('format')}, this run {FORMAT}: not compared)"
+    old = before.get("summary", {})
+    lines = [
+        f"Compared with {before.get('time', '?')}:",
+        "",
+        "| row | req/s before | req/s now | server CPU µs/req before | now | change |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row, now in summary.items():
+        then = old.get(row)
+        if then is None:
+            continue
+        change = None
+        if then.get("server_cpu_us") and now.get("server_cpu_us") is not None:
+            change = now["server_cpu_us"] / then["server_cpu_us"] - 1
+        lines.append(
+            f"| {row} | {_fmt(then.get('rps'))} | {_fmt(now.get('rps'))} | {_fmt(then.get('server_cpu_us'))} "
+            f"| {_fmt(now.get('server_cpu_us'))} | {'-' if change is None else f'{change:+.0%}'} |"
+        )
+    earlier = {t["target"]: t["value"] for t in before.get("targets", [])}
+    lines += ["", "| target | before | now | goal |", "|---|---:|---:|---|"]
+    for t in goals:
+        lines.append(f"| {t['target']} | {_shown(earlier.get(t['target']), t['goal'])} "
+                     f"| {_shown(t['value'], t['goal'])} | {t['goal']} |")
     return "\n".join(lines)
