@@ -556,6 +556,12 @@ async def test_primary_key_outside_allowed_ips_or_validity_gets_401(env: Env) ->
         assert (await inside.get(APPS, headers=app_key(expired))).status_code == 401
 
 
+async def test_key_management_in_another_letter_case_is_still_refused_to_keys(env: Env) -> None:
+    _, secret = await env.key()
+    refused = await env.client.get("/SETTINGS/2/API-KEYS", headers=app_key(secret))
+    assert refused.status_code == 403 and refused.json()["errorCode"] == "E403"
+
+
 async def test_unknown_path_and_method(env: Env) -> None:
     assert (await env.client.get("/provisioning/1/numbers")).status_code == 404
     assert (await env.client.patch(f"{APPS}/default", json={})).status_code == 405

@@ -85,8 +85,11 @@ async def read_body(scope: Scope, receive: Receive) -> bytes:
         lowered = name.lower()
         if lowered == b"content-type":
             content_type = value
-        elif lowered == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY):
-            raise Refusal(413, reason="body_too_large", step="admin")
+        elif lowered == b"content-length":
+            if not value.isdigit():
+                raise Refusal(400, reason="bad_content_length", step="admin", field="Content-Length")
+            if int(value) > MAX_BODY:
+                raise Refusal(413, reason="body_too_large", step="admin")
     if content_type.split(b";", 1)[0].strip().lower() != b"application/json":
         raise Refusal(415, reason="not_json", step="admin")
     chunks: list[bytes] = []
@@ -179,9 +182,10 @@ class AdminApp:
         if scope["type"] != "http":
             return
         path: str = scope["path"]
-        family: Family = "api-error" if path.startswith("/settings/") else "legacy"
+        keys = path.lower().startswith("/settings/")  # in any case: a gateway may route /SETTINGS/ here too
+        family: Family = "api-error" if keys else "legacy"
         try:
-            await self._check_caller(scope, keys=path.startswith("/settings/"))
+            await self._check_caller(scope, keys=keys)
             handler, params = self._match(scope["method"], path)
             reply = await handler(Call(scope, receive, params, family))
         except _Disconnected:
