@@ -10,6 +10,7 @@ import asyncio
 import secrets
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -230,6 +231,25 @@ async def test_outage_gives_store_unavailable_writes_nothing_and_recovers(databa
             await store.close()
 
 
+async def test_a_hung_server_is_unavailable_not_an_error(database: str) -> None:
+    with Relay() as relay:
+        store = PostgresStore(database.replace(":5432/", f":{relay.port}/"), connect_timeout=1, command_timeout=1)
+        await store.open()
+        try:
+            _, key = new_key()
+            await store.create_key(key)
+            relay.frozen.set()
+            with pytest.raises(StoreUnavailable, match="no answer"):
+                await store.find_key_by_hash(key.secret_hash)
+            with pytest.raises(StoreUnavailable):
+                await store.update_key(key.id, KeyUpdate(enabled=False))
+            relay.frozen.clear()
+            found = await store.find_key_by_hash(key.secret_hash)
+            assert found is not None and found.enabled
+        finally:
+            await store.close()
+
+
 # helpers ------------------------------------------------------------------------------------------
 async def terminate(database: str, application_name: str) -> int:
     """Kills the server side of every connection with this application_name on the database."""
@@ -265,6 +285,7 @@ class Relay:
     def __init__(self, target_port: int = 5432) -> None:
         self.target_port = target_port
         self.open = True
+        self.frozen = threading.Event()  # set: bytes are held back, connections stay open (a hung server)
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -317,6 +338,8 @@ class Relay:
     def _pipe(self, source: socket.socket, target: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                while self.frozen.is_set():
+                    time.sleep(0.01)
                 target.sendall(data)
         except OSError:
             pass

@@ -37,14 +37,19 @@ _BUMP = (
 # 08 connection, 53 resources, 57 operator intervention (shutdown), 28 authorization, 3D unknown database,
 # 25006 read-only (a standby), 40 transaction rollback (serialization, deadlock).
 _UNAVAILABLE_CLASSES = ("08", "53", "57", "28", "3D", "40")
+# A connection that died under us: the statement never ran, or ran in a transaction that died with it.
 _CONNECTION_LOST = (
     OSError,
-    asyncio.TimeoutError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.InterfaceError,
     # a server-side kill the protocol has not noticed yet shows up as an operation "already in progress"
     asyncpg.exceptions.InternalClientError,
 )
+
+
+def _lost(exc: BaseException) -> bool:
+    """A timeout is not a lost connection: retrying it would only multiply the wait."""
+    return isinstance(exc, _CONNECTION_LOST) and not isinstance(exc, TimeoutError)
 
 
 @lru_cache(maxsize=2048)
@@ -152,6 +157,8 @@ class PostgresStore(SQLStore):
         if isinstance(exc, asyncpg.exceptions.IntegrityConstraintViolationError):
             return StoreError(f"PostgreSQL store {self.display_url} refused a write: {exc}")
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            return StoreUnavailable(f"{doing} {self.display_url}: no answer within the timeout")
         if isinstance(exc, _CONNECTION_LOST):
             return StoreUnavailable(f"{doing} {self.display_url}: {reason}")
         if isinstance(exc, asyncpg.PostgresError):
@@ -250,7 +257,7 @@ class PostgresStore(SQLStore):
         """Returns a connection after a failure; one that may be dead is closed so the pool replaces it.
         True if the caller should try again: the connection was lost and the pool may still hold others
         that died with it (at most max_size), after which a new connection either works or fails to open."""
-        lost = isinstance(exc, _CONNECTION_LOST)
+        lost = _lost(exc)
         if lost:
             try:
                 conn.terminate()
@@ -316,7 +323,7 @@ class ChangeListener:
             return
         try:
             await asyncio.wait_for(self._conn.close(), 2.0)
-        except (Exception, asyncio.TimeoutError):
+        except Exception:
             self._conn.terminate()
 
 
