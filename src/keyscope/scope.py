@@ -240,6 +240,18 @@ class _Request:
             self.body, self.body_changed = rebuilt, True
             self.parts = parse_multipart(rebuilt, self.body_kind.boundary)
 
+    def locate(self) -> None:
+        """Give every JSON place its `where`, in document order (one walk; skipped when all are known)."""
+        if all(slot.where for slot in self.json_slots.values()):
+            return
+        located = {}
+        for found in scope_json.find(self.doc):
+            slot = self.json_slots.get(id(found.obj))
+            if slot is not None:
+                slot.where = slot.where or found.where
+                located[id(found.obj)] = slot
+        self.json_slots = located
+
     def all_slots(self) -> list[_Slot]:
         """Every place that names an id, plus the declared places the check added."""
         named = [self.query_slot, self.form_slot, *self.json_slots.values()]
@@ -247,6 +259,7 @@ class _Request:
         return self.slots + [s for s in named if s is not None and s.ids and id(s) not in seen]
 
     def decision(self, entry: PlatformEntry | None) -> Decision:
+        self.locate()
         if self.body_changed and self.body_kind.kind == "json":
             self.body = scope_json.dump(self.doc)
         slots = self.slots or self.all_slots()
@@ -286,6 +299,7 @@ class _Check:
             raise refuse(403, "id_missing", locations[0].text or None, "The request names no place for its ids.")
         for slot in request.slots:
             self._decide_declared(slot)
+        request.locate()
         declared = len(request.slots)
         request.slots = request.all_slots()
         for slot in request.slots[declared:]:
@@ -304,6 +318,8 @@ class _Check:
             existing = request.json_slots.get(id(target.obj)) if target.obj is not None else None
             if existing is None:
                 existing = _Slot(scope_json.where(target.path), {}, {}, _target_writer(request, target))
+            elif not existing.where:
+                existing.where = scope_json.where(target.path)
             slots.append(existing)
         return slots
 

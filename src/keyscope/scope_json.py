@@ -47,29 +47,73 @@ _DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant,
 
 
 def read(body: bytes) -> tuple[Any, list[Found]]:
-    """The document and the objects in it that hold ids; Refusal(400) for anything parsers could read differently."""
-    doc, text = parse(body)
+    """The document and the objects in it that hold ids; Refusal(400) for anything parsers could read differently.
+
+    A Found's `where` is "" when it is not yet known: locating it takes a walk of the whole document, which
+    the gateway skips when every object holding ids is at a declared location (see `find`).
+    """
+    text = _text(body)
     if not text.isascii() or "\\u" in text:
-        return doc, find(doc)
+        return _walked(text, exact=False)
     lowered = text.lower()
     applications, entities = lowered.count("applicationid"), lowered.count("entityid")
-    if not applications and not entities and text.count("{") + text.count("[") <= MAX_DEPTH:
-        return doc, []  # no key can name an id and the document cannot nest too deep: nothing to walk
+    shallow = text.count("{") + text.count("[") <= MAX_DEPTH  # so it cannot nest too deep
+    if not applications and not entities and shallow:
+        return _decode(text, _DECODER), []  # no key can name an id: nothing to walk
     # Plain ASCII without escapes: if every spelling of an id name is the exact one, only exact keys count.
     exact = text.count("applicationId") == applications and text.count("entityId") == entities
+    if not (exact and shallow):
+        return _walked(text, exact)
+    holders: list[dict[str, Any]] = []
+    doc = _decode(text, _holding_decoder(holders))
+    found = _unlocated(holders)
+    return (doc, found) if found is not None else (doc, find(doc, exact))
+
+
+def _walked(text: str, exact: bool) -> tuple[Any, list[Found]]:
+    doc = _decode(text, _DECODER)
     return doc, find(doc, exact)
 
 
-def parse(body: bytes) -> tuple[Any, str]:
-    """The document and its text, or Refusal(400) for anything two JSON parsers could read differently."""
+def _holding_decoder(holders: list[dict[str, Any]]) -> json.JSONDecoder:
+    """A decoder that also lists the objects with an exactly spelt id key, as it builds them."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = _object(pairs)
+        if not _EXACT_NAMES.isdisjoint(obj):
+            holders.append(obj)
+        return obj
+
+    return json.JSONDecoder(object_pairs_hook=hook, parse_constant=_constant, parse_float=_float)
+
+
+def _unlocated(holders: list[dict[str, Any]]) -> list[Found] | None:
+    """Found entries without `where`; None when an id is not a string or null (find() names the place)."""
+    found = []
+    for obj in holders:
+        ids: dict[str, str | None] = {}
+        for kind in ("applicationId", "entityId"):
+            if kind in obj:
+                value = obj[kind]
+                if value is not None and type(value) is not str:
+                    return None
+                ids[kind] = value
+        found.append(Found("", obj, ids, {kind: kind for kind in ids}))
+    return found
+
+
+def _text(body: bytes) -> str:
     if body.startswith(b"\xef\xbb\xbf"):
         raise refuse(400, "bom", None, "The JSON body starts with a byte order mark.")
     try:
-        text = body.decode("utf-8")
+        return body.decode("utf-8")
     except UnicodeDecodeError:
         raise refuse(400, "invalid_utf8", None, "The JSON body is not valid UTF-8.") from None
+
+
+def _decode(text: str, decoder: json.JSONDecoder) -> Any:
     try:
-        doc = _DECODER.decode(text)
+        doc = decoder.decode(text)
     except Refusal:
         raise
     except RecursionError:
@@ -81,7 +125,7 @@ def parse(body: bytes) -> tuple[Any, str]:
         raise refuse(400, "invalid_json", None, f"The JSON body is not valid JSON: {exc}.") from None
     if _SURROGATE_ESCAPE.search(text) and not _encodable(doc):
         raise refuse(400, "lone_surrogate", None, "The JSON body escapes a lone UTF-16 surrogate.")
-    return doc, text
+    return doc
 
 
 def _encodable(doc: Any) -> bool:
