@@ -66,6 +66,10 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
         ({"upstream": UPSTREAM}, {}, "- a list\n", "mapping"),
         ({"upstream": UPSTREAM}, {}, "port: [1\n", "not valid YAML"),
         ({"upstream": UPSTREAM}, {}, "port: 1.5\n", "port"),
+        ({"upstream": UPSTREAM, "admin_listen": "127.0.0.1:8081"}, {}, None, "needs an admin token"),
+        ({"upstream": UPSTREAM, "admin_listen": "nowhere"}, {"KEYSCOPE_ADMIN_TOKEN": "t"}, None, "HOST:PORT"),
+        ({"upstream": UPSTREAM, "admin_listen": "8080"}, {"KEYSCOPE_ADMIN_TOKEN": "t"}, None, "traffic port"),
+        ({"upstream": UPSTREAM}, {"KEYSCOPE_ADMIN_IDLE_TIMEOUT": "-1"}, None, "admin-idle-timeout"),
     ],
 )
 def test_bad_settings_are_one_clear_error(
@@ -79,6 +83,16 @@ def test_bad_settings_are_one_clear_error(
         load(flags, environ=environ, config_file=str(file) if file else None)
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_admin_listen_defaults_to_loopback() -> None:
+    from keyscope.config import listen_address
+
+    assert listen_address("8081") == ("127.0.0.1", 8081)
+    assert listen_address("0.0.0.0:8081") == ("0.0.0.0", 8081)
+    assert listen_address("[::1]:8081") == ("::1", 8081)
+    settings = load({"upstream": UPSTREAM}, environ={"KEYSCOPE_ADMIN_LISTEN": "9000", "KEYSCOPE_ADMIN_TOKEN": "t"})
+    assert settings.admin_listen == "9000" and settings.admin_idle_timeout is None
 
 
 def test_secrets_are_not_in_the_settings_repr() -> None:

@@ -43,6 +43,8 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     admin_token: str | None = None
     access_log: bool = True
+    admin_listen: str | None = None
+    admin_idle_timeout: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -134,7 +136,7 @@ def _convert(name: str, value: Any, origin: str) -> Any:
             if isinstance(value, bool) or isinstance(value, float):
                 raise ValueError
             return int(str(value).strip())
-        if kind == "float":
+        if kind in ("float", "float | None"):
             if isinstance(value, bool):
                 raise ValueError
             return float(str(value).strip())
@@ -176,7 +178,31 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("admin-token must not be empty")
     if settings.upstream_authorization is not None and any(c in settings.upstream_authorization for c in "\r\n\0"):
         raise ConfigError("upstream-authorization must be a single header value")
+    if settings.admin_listen is not None:
+        host, port = listen_address(settings.admin_listen)
+        if settings.admin_token is None:
+            raise ConfigError("admin-listen needs an admin token (KEYSCOPE_ADMIN_TOKEN): the web interface signs in with it")
+        if port == settings.port and port != 0:
+            raise ConfigError(f"admin-listen {settings.admin_listen!r} must not use the traffic port {settings.port}")
+    if settings.admin_idle_timeout is not None and not settings.admin_idle_timeout > 0:
+        raise ConfigError("admin-idle-timeout must be a positive number of seconds")
     return dataclasses.replace(settings, upstream=upstream)
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[IPv6]:PORT` or just `PORT` (loopback)."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"listen address {text!r} must be HOST:PORT") from None
+    if not host or not 0 <= port <= 65535:
+        raise ConfigError(f"listen address {text!r} must be HOST:PORT with a port up to 65535")
+    return host, port
 
 
 def upstream_base(url: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import os
 import socket
@@ -47,6 +48,8 @@ _OPTIONS: dict[str, dict[str, Any]] = {
         "metavar": "TOKEN",
         "help": "Bearer token for the management API (prefer KEYSCOPE_ADMIN_TOKEN: flags show in ps)",
     },
+    "admin_listen": {"metavar": "HOST:PORT", "help": "serve the web interface there (needs the admin token)"},
+    "admin_idle_timeout": {"type": float, "metavar": "SECONDS", "help": "web sessions end after this idle time"},
 }
 
 
@@ -90,6 +93,8 @@ def prepare(settings: Settings) -> None:
         raise ConfigError(f"endpoints: {_one_line(str(exc))}") from None
     asyncio.run(_check_store(settings.store))
     _check_listen(settings.host, settings.port)
+    if settings.admin_listen is not None and importlib.util.find_spec("keyscope.web.serve") is None:
+        raise ConfigError("admin-listen: this installation has no web interface (keyscope.web)")
 
 
 def _check_listen(host: str, port: int) -> None:
@@ -151,7 +156,11 @@ def serve(settings: Settings) -> None:
         "log_level": "info",
         "timeout_graceful_shutdown": 10,
     }
-    if settings.workers > 1:
+    if settings.admin_listen is not None:
+        from .web.serve import serve_with_web
+
+        serve_with_web(settings, options)
+    elif settings.workers > 1:
         os.environ[config.WORKER_ENV] = settings.to_json()
         uvicorn.run("keyscope.server:worker_app", factory=True, workers=settings.workers, **options)
     else:
