@@ -487,10 +487,12 @@ def test_reenable_reaches_the_other_gateway(pair: tuple[Instance, Instance], rec
     print(f"re-enable reached the other gateway after {waited * 1000:.1f} ms")
 
 
-def test_sqlite_workers_share_revocations(echo: str, tmp_path: Path) -> None:
-    """`serve --workers 2` on one SQLite file: the worker that did not take the revoke stops the key too.
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_workers_share_revocations(echo: str, tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
+    """`serve --workers 2` on one store: the worker that did not take the revoke stops the key too.
     Each probe is a new connection, so probes reach both workers."""
-    gateway = Instance.start(echo, f"sqlite:///{tmp_path / 'keyscope.db'}", tmp_path, "--workers", "2")
+    store = request.getfixturevalue("pg_database") if kind == "postgresql" else f"sqlite:///{tmp_path / 'k.db'}"
+    gateway = Instance.start(echo, store, tmp_path, "--workers", "2")
     try:
         key = gateway.create("/settings/2/api-keys", {"name": "primary"})
         for _ in range(40):
