@@ -105,3 +105,33 @@ def test_forwarded_iff_every_planted_id_is_in_scope(
         assert [json.loads(record["body"]) for record in log] == [body]
     else:
         assert log == []
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    document=documents,
+    declared=st.lists(st.fixed_dictionaries({}, optional={"applicationId": st.sampled_from([APP_A, APP_B]),
+                                                         "entityId": st.sampled_from([ENT_A, ENT_B])}),
+                      min_size=1, max_size=3),
+)
+def test_force_overwrites_declared_ids_and_still_checks_the_rest(
+    document: dict[str, Any], declared: list[dict[str, str]], gateway: Gateway, echo: Echo, world: World
+) -> None:
+    planted: list[Plant] = []
+    extra = materialise(document, planted)
+    body = {"messages": [{"to": str(i), **ids} for i, ids in enumerate(declared)], "extra": extra}
+    echo.clear()
+    response = gateway.request("POST", "/mms/1/advanced", world.force, json=body)
+    expected = all(in_scope(plant, "pair") for plant in planted)
+    event("forwarded" if expected else "refused")
+    assert response.status_code == (200 if expected else 403), (response.text, planted)
+    log = echo.log()
+    if not expected:
+        assert log == []
+        return
+    [record] = log
+    forwarded = json.loads(record["body"])
+    assert forwarded["extra"] == extra
+    assert forwarded["messages"] == [
+        {"to": str(i), "applicationId": APP_A, "entityId": ENT_A} for i in range(len(declared))
+    ]
