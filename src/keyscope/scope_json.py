@@ -24,12 +24,17 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise refuse(400, "duplicate_key", key, f"The JSON body repeats the key {key!r} in one object.")
-            seen.add(key)
+        raise _duplicate(pairs)
     return obj
+
+
+def _duplicate(pairs: list[tuple[str, Any]]) -> Refusal:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            break
+        seen.add(key)
+    return refuse(400, "duplicate_key", key, f"The JSON body repeats the key {key!r} in one object.")
 
 
 def _constant(name: str) -> None:
@@ -79,7 +84,9 @@ def _holding_decoder(holders: list[dict[str, Any]]) -> json.JSONDecoder:
     """A decoder that also lists the objects with an exactly spelt id key, as it builds them."""
 
     def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj = _object(pairs)
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            raise _duplicate(pairs)
         if not _EXACT_NAMES.isdisjoint(obj):
             holders.append(obj)
         return obj
