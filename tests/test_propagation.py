@@ -401,7 +401,10 @@ def run_sql(sql: str, database: str = "test") -> None:
     asyncio.run(go())
 
 
-@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+BOTH = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(scope="module", params=BOTH)
 def pair(request: pytest.FixtureRequest, echo: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     tuple[Instance, Instance]
 ]:
@@ -487,7 +490,7 @@ def test_reenable_reaches_the_other_gateway(pair: tuple[Instance, Instance], rec
     print(f"re-enable reached the other gateway after {waited * 1000:.1f} ms")
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("kind", BOTH)
 def test_workers_share_revocations(echo: str, tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
     """`serve --workers 2` on one store: the worker that did not take the revoke stops the key too.
     Each probe is a new connection, so probes reach both workers."""
@@ -585,7 +588,7 @@ def revoke_elsewhere(store_url: str, key_id: str) -> None:
     asyncio.run(go())
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture(params=BOTH)
 def crash_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'keyscope.db'}"
