@@ -95,14 +95,12 @@ class PostgresStore(SQLStore):
         self,
         url: str,
         *,
-        min_size: int = 1,
         max_size: int = 10,
         connect_timeout: float = 5.0,
         command_timeout: float = 10.0,
     ) -> None:
         self.url = url
         self.display_url = redact(url)
-        self._min_size = min_size
         self._max_size = max_size
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
@@ -111,10 +109,14 @@ class PostgresStore(SQLStore):
     # lifecycle ------------------------------------------------------------------------------------
     async def open(self) -> None:
         try:
+            # min_size=0: asyncpg then keeps no connection floor, whose background reconnects would log a
+            # traceback each retry during an outage; connections made stay open (no inactive lifetime).
+            # The migration below makes the first connection, so an unreachable store still fails here.
             self._pool = await asyncpg.create_pool(
                 self.url,
-                min_size=self._min_size,
+                min_size=0,
                 max_size=self._max_size,
+                max_inactive_connection_lifetime=0,
                 timeout=self._connect_timeout,
                 command_timeout=self._command_timeout,
                 statement_cache_size=256,
@@ -123,6 +125,7 @@ class PostgresStore(SQLStore):
                     # a client that vanished mid-transaction (network partition) must not hold WRITE_LOCK
                     # until TCP gives up on it, which can take hours; our transactions never sit idle
                     "idle_in_transaction_session_timeout": "60000",
+                    "standard_conforming_strings": "on",  # the store's LIKE patterns escape with a backslash
                 },
             )
         except Exception as exc:
@@ -211,7 +214,7 @@ class PostgresStore(SQLStore):
             try:
                 conn = await pool.acquire()
             except Exception as exc:
-                raise self._translate(exc) from exc
+                raise self._translate(exc, "cannot connect to PostgreSQL store") from exc
             if write:
                 transaction = conn.transaction()
             else:
@@ -243,7 +246,7 @@ class PostgresStore(SQLStore):
             try:
                 conn = await pool.acquire()
             except Exception as exc:
-                raise self._translate(exc) from exc
+                raise self._translate(exc, "cannot connect to PostgreSQL store") from exc
             try:
                 records = await conn.fetch(query, *args)
             except Exception as exc:
