@@ -152,9 +152,11 @@ class ChangeWatcher:
         try:
             listener = await self.store.listen(self._notified)  # type: ignore[attr-defined]
             revision = await listener.revision()
-        except Exception as exc:
+        except BaseException as exc:
             if listener is not None:
                 await listener.close()
+            if not isinstance(exc, Exception):
+                raise  # cancelled by stop(): nothing is left open
             log.warning("change notifications unavailable, retrying in %.1fs: %s", delay, exc)
             await asyncio.sleep(delay)
             return None
