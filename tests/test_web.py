@@ -5,13 +5,19 @@ Every write is checked in the store afterwards, and every refusal is checked to 
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from html import unescape
+from pathlib import Path
 
 import httpx
 import pytest
+from gateway_helpers import ADMIN_TOKEN, Echo, Gateway, Key, free_port, wait_listening
 
 from keyscope.endpoints import load as load_endpoints
 from keyscope.keys import hash_secret
@@ -24,7 +30,6 @@ TOKEN = "web-admin-token-0123456789"
 IDLE = 600.0
 ENDPOINTS = load_endpoints()
 
-pytestmark = pytest.mark.anyio
 
 
 class Clock:
@@ -91,6 +96,7 @@ async def signed_in(web: Web) -> Web:
 # sign-in and sessions ------------------------------------------------------------------------------
 
 
+@pytest.mark.anyio
 async def test_pages_need_a_session(web: Web) -> None:
     response = await web.client.get("/keys")
     assert response.status_code == 303 and response.headers["location"] == "/signin?next=%2Fkeys"
@@ -100,6 +106,7 @@ async def test_pages_need_a_session(web: Web) -> None:
         await web.store.get_application("app-a")
 
 
+@pytest.mark.anyio
 async def test_wrong_token_is_refused_without_a_cookie(web: Web) -> None:
     response = await web.client.post("/signin", data={"token": "wrong"})
     assert response.status_code == 401
@@ -108,6 +115,7 @@ async def test_wrong_token_is_refused_without_a_cookie(web: Web) -> None:
     assert (await web.client.get("/applications")).status_code == 303
 
 
+@pytest.mark.anyio
 async def test_failed_sign_ins_are_throttled(web: Web) -> None:
     for _ in range(10):
         assert (await web.client.post("/signin", data={"token": "guess"})).status_code == 401
@@ -117,6 +125,7 @@ async def test_failed_sign_ins_are_throttled(web: Web) -> None:
     assert (await web.client.post("/signin", data={"token": TOKEN})).status_code == 303
 
 
+@pytest.mark.anyio
 async def test_session_cookie_flags_and_next(web: Web) -> None:
     response = await web.client.post("/signin", data={"token": TOKEN, "next": "/keys"})
     assert response.headers["location"] == "/keys"
@@ -127,6 +136,7 @@ async def test_session_cookie_flags_and_next(web: Web) -> None:
         assert response.headers["location"] == "/applications"
 
 
+@pytest.mark.anyio
 async def test_cookie_is_secure_over_tls(store: Store) -> None:
     async with make_client(store, Clock(), "https://testserver") as client:
         response = await client.post("/signin", data={"token": TOKEN})
@@ -134,6 +144,7 @@ async def test_cookie_is_secure_over_tls(store: Store) -> None:
         assert (await client.get("/applications")).status_code == 200
 
 
+@pytest.mark.anyio
 async def test_session_expires_after_idle_time(signed_in: Web) -> None:
     signed_in.clock.now += IDLE - 1
     assert (await signed_in.client.get("/applications")).status_code == 200  # use restarts the idle clock
@@ -148,6 +159,7 @@ async def test_session_expires_after_idle_time(signed_in: Web) -> None:
         await signed_in.store.get_application("late")
 
 
+@pytest.mark.anyio
 async def test_sign_out_ends_the_session(signed_in: Web) -> None:
     cookie = signed_in.client.cookies.get("keyscope_session")
     response = await signed_in.post("/signout")
@@ -159,6 +171,7 @@ async def test_sign_out_ends_the_session(signed_in: Web) -> None:
 # CSRF ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.anyio
 async def test_posts_without_the_csrf_token_are_refused(signed_in: Web) -> None:
     for fields in ({}, {"csrf": "forged"}, {"csrf": signed_in.csrf + "x"}):
         response = await signed_in.client.post("/applications", data={"applicationId": "app-a", **fields})
@@ -174,6 +187,7 @@ async def test_posts_without_the_csrf_token_are_refused(signed_in: Web) -> None:
     assert response.status_code == 415
 
 
+@pytest.mark.anyio
 async def test_each_session_has_its_own_csrf_token(signed_in: Web, store: Store) -> None:
     async with make_client(store, signed_in.clock) as other_client:
         other = Web(other_client, signed_in.clock, store)
@@ -182,6 +196,7 @@ async def test_each_session_has_its_own_csrf_token(signed_in: Web, store: Store)
         assert response.status_code == 403
 
 
+@pytest.mark.anyio
 async def test_pages_carry_security_headers(signed_in: Web) -> None:
     response = await signed_in.client.get("/applications")
     assert response.headers["cache-control"] == "no-store"
@@ -192,6 +207,7 @@ async def test_pages_carry_security_headers(signed_in: Web) -> None:
 # applications and entities -------------------------------------------------------------------------
 
 
+@pytest.mark.anyio
 async def test_create_application_with_and_without_alias(signed_in: Web) -> None:
     response = await signed_in.post("/applications", applicationId="app-a", applicationName="Shop")
     assert response.status_code == 303 and response.headers["location"] == "/applications/show?id=app-a"
@@ -202,6 +218,7 @@ async def test_create_application_with_and_without_alias(signed_in: Web) -> None
     assert (await signed_in.store.get_application("app-b")).application_name is None
 
 
+@pytest.mark.anyio
 async def test_create_application_validation_errors_are_the_apis(signed_in: Web) -> None:
     response = await signed_in.post("/applications", applicationId="has space")
     assert response.status_code == 400
@@ -217,6 +234,7 @@ async def test_create_application_validation_errors_are_the_apis(signed_in: Web)
     assert (await signed_in.store.list_applications(0, 10)).total == 2  # default and app-a
 
 
+@pytest.mark.anyio
 async def test_search_and_paging(signed_in: Web) -> None:
     for i in range(25):
         await signed_in.store.create_entity(Entity(f"ent-{i:02}", "Berlin" if i == 7 else None))
@@ -230,6 +248,7 @@ async def test_search_and_paging(signed_in: Web) -> None:
     assert "10 entities matching" in page
 
 
+@pytest.mark.anyio
 async def test_rename_alias(signed_in: Web) -> None:
     await signed_in.post("/entities", entityId="ent-a", entityName="Old")
     response = await signed_in.post("/entities/rename", id="ent-a", entityName="New")
@@ -262,6 +281,7 @@ async def _world(web: Web) -> dict[str, str]:
     return ids
 
 
+@pytest.mark.anyio
 async def test_application_detail(signed_in: Web) -> None:
     ids = await _world(signed_in)
     page = (await signed_in.client.get("/applications/show?id=app-a")).text
@@ -271,6 +291,7 @@ async def test_application_detail(signed_in: Web) -> None:
     assert (await signed_in.client.get("/applications/show?id=nope")).status_code == 404
 
 
+@pytest.mark.anyio
 async def test_delete_confirmation_lists_the_cascade_and_delete_applies_it(signed_in: Web) -> None:
     ids = await _world(signed_in)
     page = (await signed_in.client.get("/applications/delete?id=app-a")).text
@@ -293,12 +314,14 @@ async def test_delete_confirmation_lists_the_cascade_and_delete_applies_it(signe
     assert both.enabled and [e.application_id for e in both.platform] == ["app-b"]
 
 
+@pytest.mark.anyio
 async def test_the_default_application_cannot_be_deleted(signed_in: Web) -> None:
     response = await signed_in.post("/applications/delete", id="default")
     assert response.status_code == 400 and "Refused" in response.text
     assert await signed_in.store.get_application("default")
 
 
+@pytest.mark.anyio
 async def test_associations_add_and_remove(signed_in: Web) -> None:
     await signed_in.post("/applications", applicationId="app-a")
     fields = {"applicationId": "app-a", "resourceType": "NUMBER", "channel": "SMS", "resourceId": "4477"}
@@ -320,6 +343,7 @@ async def test_associations_add_and_remove(signed_in: Web) -> None:
 # keys ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.anyio
 async def test_create_key_shows_the_secret_once(signed_in: Web) -> None:
     await signed_in.post("/applications", applicationId="app-a")
     response = await signed_in.post("/keys", name="shop", app_0="app-a", action_0="FILL",
@@ -335,6 +359,7 @@ async def test_create_key_shows_the_secret_once(signed_in: Web) -> None:
         assert secret not in (await signed_in.client.get(page)).text
 
 
+@pytest.mark.anyio
 async def test_create_key_errors(signed_in: Web) -> None:
     response = await signed_in.post("/keys", name="loose")
     assert response.status_code == 400 and "tick" in response.text
@@ -353,6 +378,7 @@ async def test_create_key_errors(signed_in: Web) -> None:
     assert (await signed_in.store.list_keys(0, 10)).items[0].is_primary
 
 
+@pytest.mark.anyio
 async def test_relink_revoke_and_enable(signed_in: Web) -> None:
     ids = await _world(signed_in)
     key_id = ids["entity"]
@@ -380,6 +406,7 @@ async def test_relink_revoke_and_enable(signed_in: Web) -> None:
     assert key.enabled and [(e.application_id, e.entity_id) for e in key.platform] == [(None, "ent-a")]
 
 
+@pytest.mark.anyio
 async def test_key_settings(signed_in: Web) -> None:
     ids = await _world(signed_in)
     key_id = ids["entity"]
@@ -399,6 +426,7 @@ async def test_key_settings(signed_in: Web) -> None:
 # endpoints and explain -----------------------------------------------------------------------------
 
 
+@pytest.mark.anyio
 async def test_endpoints_page_lists_the_allowlist(signed_in: Web) -> None:
     page = (await signed_in.client.get("/endpoints")).text
     assert page.count("<tr") - page.count("<thead><tr") == len(ENDPOINTS)
@@ -407,6 +435,7 @@ async def test_endpoints_page_lists_the_allowlist(signed_in: Web) -> None:
         assert f"<code>{endpoint.path}</code>" in page
 
 
+@pytest.mark.anyio
 async def test_explain_form(signed_in: Web) -> None:
     ids = await _world(signed_in)
     response = await signed_in.post("/endpoints/explain", key_id=ids["only-a"], method="GET",
@@ -431,3 +460,60 @@ async def test_explain_form(signed_in: Web) -> None:
     assert response.status_code == 400 and "Choose a key" in response.text
     response = await signed_in.post("/endpoints/explain", key_id="NOPE", method="GET", target="/sms/1/logs")
     assert response.status_code == 400 and "There is no key" in response.text
+
+
+# keyscope serve --admin-listen -----------------------------------------------------------------------
+
+
+def _web_client(port: int) -> httpx.Client:
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    assert client.post("/signin", data={"token": ADMIN_TOKEN}).status_code == 303
+    return client
+
+
+def test_serve_runs_the_interface_on_its_own_listener(tmp_path: Path) -> None:
+    """Keys made and revoked in the interface take effect in the gateway at once (its own key cache)."""
+    echo = Echo.start()
+    web_port = free_port()
+    gateway = Gateway.start(echo.url, tmp_path, "--admin-listen", f"127.0.0.1:{web_port}")
+    try:
+        wait_listening(web_port, gateway.process, "the web interface")
+        client = _web_client(web_port)
+        csrf = csrf_of(client.get("/applications").text)
+        assert client.post("/applications", data={"csrf": csrf, "applicationId": "shop"}).status_code == 303
+        created = client.post("/keys", data={"csrf": csrf, "name": "shop", "app_0": "shop"})
+        secret = secret_of(created.text)
+        key_id = re.search(r"/keys/show\?id=([0-9A-F]+)", created.text).group(1)
+        target = "/sms/1/logs?applicationId=shop"
+        allowed = gateway.request("GET", target, Key(key_id, secret))
+        assert allowed.status_code == 200 and allowed.json()["query"] == "applicationId=shop"
+        assert client.post("/keys/revoke", data={"csrf": csrf, "id": key_id}).status_code == 303
+        refused = gateway.request("GET", target, Key(key_id, secret))
+        assert refused.status_code == 401  # at once, not after the key cache's TTL
+
+        # the traffic port does not serve the interface, and the interface does not forward traffic
+        assert gateway.client.get("/signin").status_code == 401
+        assert client.get(target).status_code == 404
+        client.close()
+    finally:
+        gateway.stop()
+        echo.stop()
+
+
+def test_serve_stops_when_the_admin_listener_is_taken(tmp_path: Path) -> None:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("KEYSCOPE_")}
+    environment["KEYSCOPE_ADMIN_TOKEN"] = ADMIN_TOKEN
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = subprocess.run(
+            [sys.executable, "-m", "keyscope.server", "--upstream", "http://127.0.0.1:9",
+             "--store", f"sqlite:///{tmp_path / 'k.db'}", "--port", str(free_port()),
+             "--admin-listen", f"127.0.0.1:{port}"],
+            env=environment, capture_output=True, timeout=60,
+        )
+    assert busy.returncode == 2
+    assert busy.stderr.decode().strip() == (
+        f"keyscope serve: cannot listen on 127.0.0.1:{port} (admin-listen): Address already in use"
+    )
