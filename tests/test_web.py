@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from html import unescape
@@ -517,3 +518,30 @@ def test_serve_stops_when_the_admin_listener_is_taken(tmp_path: Path) -> None:
     assert busy.stderr.decode().strip() == (
         f"keyscope serve: cannot listen on 127.0.0.1:{port} (admin-listen): Address already in use"
     )
+
+
+def test_serve_with_workers_runs_the_interface_in_the_supervisor(tmp_path: Path) -> None:
+    """With several workers the interface has a store of its own; its writes reach the workers like any other."""
+    echo = Echo.start()
+    web_port = free_port()
+    gateway = Gateway.start(echo.url, tmp_path, "--workers", "2", "--admin-listen", f"127.0.0.1:{web_port}")
+    try:
+        wait_listening(web_port, gateway.process, "the web interface")
+        client = _web_client(web_port)
+        csrf = csrf_of(client.get("/applications").text)
+        created = client.post("/keys", data={"csrf": csrf, "name": "root", "primary": "on"})
+        key = Key(re.search(r"/keys/show\?id=([0-9A-F]+)", created.text).group(1), secret_of(created.text))
+        assert gateway.request("GET", "/anything", key).status_code == 200
+        assert client.post("/keys/revoke", data={"csrf": csrf, "id": key.id}).status_code == 303
+        deadline = time.monotonic() + 30
+        statuses = set()
+        while time.monotonic() < deadline:  # each worker must refuse it; the key cache's TTL bounds the wait
+            statuses = {gateway.request("GET", "/anything", key).status_code for _ in range(8)}
+            if statuses == {401}:
+                break
+            time.sleep(0.2)
+        assert statuses == {401}
+        client.close()
+    finally:
+        gateway.stop()
+        echo.stop()
