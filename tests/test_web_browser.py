@@ -3,7 +3,8 @@
 An operator's session: sign in, create an application and an entity, create a linked key and read its secret
 once, explain an allowed and a refused request with that secret, delete the application and see the key
 disabled. The interface runs on a real uvicorn server on 127.0.0.1 over a SQLite file. The screenshots in
-docs/screenshots/ are taken here.
+docs/screenshots/ are taken here: with KEYSCOPE_SCREENSHOTS=1 they are written there (they change with every
+run: key ids, dates), otherwise to a temporary folder.
 
 Never a downloaded browser build: the system browser at /usr/bin/chromium, or the test is skipped.
 """
@@ -33,7 +34,7 @@ from keyscope.store import store_from_url  # noqa: E402
 from keyscope.web import create_web_app  # noqa: E402
 
 TOKEN = "browser-admin-token-0123456789"
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+DOCS_SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -85,11 +86,19 @@ def page(server: str) -> Iterator[sync_api.Page]:
             context.close()
 
 
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.environ.get("KEYSCOPE_SCREENSHOTS") == "1":
+        DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return DOCS_SCREENSHOTS
+    return tmp_path_factory.mktemp("screenshots")
+
+
 def flash(page: sync_api.Page) -> str:
     return page.locator(".flash").inner_text()
 
 
-def test_an_operators_session(page: sync_api.Page) -> None:
+def test_an_operators_session(page: sync_api.Page, screenshots: Path) -> None:
     # sign in, with the keyboard
     page.goto("/applications")
     assert page.url.endswith("/signin?next=%2Fapplications")
@@ -115,9 +124,8 @@ def test_an_operators_session(page: sync_api.Page) -> None:
     page.locator("form[aria-labelledby=create-heading]").evaluate("form => form.noValidate = true")
     page.get_by_role("button", name="Create application").click()
     assert "must be 1-255 characters" in page.locator(".field-problem").inner_text()
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.goto("/applications")
-    page.screenshot(path=str(SCREENSHOTS / "applications.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "applications.png"), full_page=True)
 
     page.get_by_role("link", name="Entities").click()
     page.get_by_label("Id", exact=True).fill("berlin")
@@ -153,8 +161,9 @@ def test_an_operators_session(page: sync_api.Page) -> None:
     assert '"Unauthorized access"' in page.locator("pre.body").inner_text()
     assert secret not in page.content()
     page.locator("section[aria-labelledby=explain-heading]").screenshot(
-        path=str(SCREENSHOTS / "explain-refused.png")
+        path=str(screenshots / "explain-refused.png")
     )
+    assert (screenshots / "explain-refused.png").stat().st_size > 10_000
 
     # delete the application: the confirmation names the key it disables, and it is disabled
     page.goto("/applications/show?id=shop")
