@@ -161,7 +161,8 @@ async def test_chosen_key_skips_the_secret_but_not_the_key_state(
 async def test_allowed_ips_need_the_callers_address(store: Store, gateway: Gateway) -> None:
     key = gateway.create_key("office", {"applicationId": "app-a"}, allowedIPs=["10.1.0.0/16"])
     target = "/sms/1/logs?applicationId=app-a"
-    assert (await explain(store, ENDPOINTS, "GET", target, key_id=key.id)).reason == "ip_not_allowed"
+    unknown = await explain(store, ENDPOINTS, "GET", target, key_id=key.id)
+    assert unknown.reason == "ip_not_allowed" and "no client address" in unknown.steps[1].details["client"]
     inside = await explain(store, ENDPOINTS, "GET", target, key_id=key.id, client="10.1.2.3")
     assert inside.decision == "forwarded"
     outside = await explain(store, ENDPOINTS, "GET", target, key_id=key.id, client="10.2.0.1")

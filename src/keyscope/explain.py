@@ -260,6 +260,8 @@ def _describe(
         details = {"reason": refusal.reason}
         if (b"authorization", CHOSEN_KEY_CREDENTIALS) in scope["headers"]:
             details["secret"] = "not checked: the key was chosen by id; its state was"
+        if refusal.reason == "ip_not_allowed" and scope["client"] is None:
+            details["client"] = "no client address was given, and this key is limited to some addresses"
         steps.append(Step("auth", "Authentication", False, refusal.detail, details))
         _skipped(steps, "allowlist", "ids", "existence")
         return
