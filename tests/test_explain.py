@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -226,7 +227,11 @@ def test_cli_prints_the_trace_and_exits_by_decision(gateway: Gateway, keys: dict
 
 def test_access_log_of_a_refusal_names_reason_and_step(gateway: Gateway, keys: dict[str, Key]) -> None:
     gateway.request("GET", "/sms/1/logs?applicationId=app-b", keys["app"])
-    lines = [json.loads(line) for line in gateway.access_log.read_text().splitlines() if line.startswith("{")]
-    refused = [line for line in lines if line["path"] == "/sms/1/logs" and line["decision"] == "refused"]
+    deadline = time.monotonic() + 10  # access lines are flushed twice a second
+    refused: list[dict[str, object]] = []
+    while not refused and time.monotonic() < deadline:
+        lines = [json.loads(line) for line in gateway.access_log.read_text().splitlines() if line.startswith("{")]
+        refused = [line for line in lines if line["path"] == "/sms/1/logs" and line["decision"] == "refused"]
+        time.sleep(0.05)
     assert refused and refused[-1]["reason"] == "id_out_of_scope" and refused[-1]["step"] == "scope"
     assert refused[-1]["key"] == keys["app"].id
