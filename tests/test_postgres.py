@@ -286,6 +286,7 @@ class Relay:
         self.target_port = target_port
         self.open = True
         self.frozen = threading.Event()  # set: bytes are held back, connections stay open (a hung server)
+        self.dropping = threading.Event()  # set: bytes vanish, connections stay open (a silent network fault)
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -340,7 +341,8 @@ class Relay:
             while data := source.recv(65536):
                 while self.frozen.is_set():
                     time.sleep(0.01)
-                target.sendall(data)
+                if not self.dropping.is_set():
+                    target.sendall(data)
         except OSError:
             pass
         with self._lock:

@@ -183,6 +183,32 @@ async def test_postgresql_watcher_reconnects_and_reports_the_gap(database: str) 
 
 @pytest.mark.anyio
 @pytest.mark.postgres
+async def test_postgresql_watcher_notices_announcements_lost_in_transit(database: str) -> None:
+    """A network fault that loses the NOTIFY without closing the connection: the watcher's periodic revision
+    check (or, if the connection turns out dead, its reconnect) still reports the change."""
+    with Relay() as relay:
+        writer = PostgresStore(database)
+        reader = PostgresStore(database.replace(":5432/", f":{relay.port}/"))
+        await writer.open()
+        await reader.open()
+        heard = Heard()
+        watcher = ChangeWatcher(reader, heard, check_every=0.2, backoff=(0.05, 0.5))
+        try:
+            key = await prepare(writer)
+            await watcher.start()
+            relay.dropping.set()
+            await revoke(writer, key)
+            await asyncio.sleep(0.1)
+            relay.dropping.clear()
+            await heard.next()
+        finally:
+            await watcher.stop()
+            await writer.close()
+            await reader.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.postgres
 async def test_postgresql_watcher_needs_no_request_to_hear(database: str) -> None:
     """tick() is a no-op for a store that pushes: nothing on the request path touches the store."""
     writer, reader = PostgresStore(database), PostgresStore(database)
