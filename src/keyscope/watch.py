@@ -60,7 +60,6 @@ class ChangeWatcher:
         self.check_every = check_every
         self.backoff = backoff
         self.pushed = isinstance(store, AnnouncingStore)
-        self.changes = 0  # how many times on_change was called, for logs and tests
         self._revision: int | None = None
         self._next_poll = 0.0
         self._listener: ChangeListener | None = None
@@ -70,8 +69,13 @@ class ChangeWatcher:
         """Reads the current revision and, for an announcing store, starts listening. Raises StoreError if
         the store cannot be reached: start-up must fail rather than run without propagation."""
         if self.pushed:
-            self._listener = await self.store.listen(self._notified)  # type: ignore[attr-defined]
-            self._revision = await self._listener.revision()
+            listener = await self.store.listen(self._notified)  # type: ignore[attr-defined]
+            try:
+                self._revision = await listener.revision()
+            except BaseException:
+                await listener.close()
+                raise
+            self._listener = listener
             self._task = asyncio.create_task(self._supervise(), name="keyscope-change-watcher")
         else:
             self._revision = await self.store.revision()
@@ -114,7 +118,6 @@ class ChangeWatcher:
         self._fire()
 
     def _fire(self) -> None:
-        self.changes += 1
         try:
             self.on_change()
         except Exception:
