@@ -140,6 +140,11 @@ def _wait_listening(host: str, port: int, process: subprocess.Popen[bytes], what
     raise SystemExit(f"keyscope demo: the {what} did not start listening on {host}:{port}")
 
 
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM stops the demo like Ctrl-C does: children are stopped too, never left behind."""
+    raise KeyboardInterrupt
+
+
 def run(host: str, port: int, backend_port: int, data_dir: Path) -> int:
     for number, what in ((port, "gateway"), (backend_port, "backend")):
         if not _port_free(host, number):
@@ -152,6 +157,7 @@ def run(host: str, port: int, backend_port: int, data_dir: Path) -> int:
         leftover.unlink(missing_ok=True)
     store_url = f"sqlite:///{db.resolve()}"
     demo = asyncio.run(seed(store_url))
+    signal.signal(signal.SIGTERM, _stop)
     admin_token = secrets.token_urlsafe(24)
 
     env = dict(os.environ, KEYSCOPE_ADMIN_TOKEN=admin_token)
