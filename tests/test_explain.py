@@ -223,6 +223,8 @@ def test_cli_prints_the_trace_and_exits_by_decision(gateway: Gateway, keys: dict
     assert missing.returncode == 2 and b"no key 'NOPE'" in missing.stderr
     neither = _cli("GET", "/sms/1/logs", store_url=gateway.store_url)
     assert neither.returncode == 2
+    both_stdin = _cli("--key", "-", "--body", "-", "POST", SMS, store_url=gateway.store_url)
+    assert both_stdin.returncode == 2 and b"cannot both read stdin" in both_stdin.stderr
 
 
 def test_access_log_of_a_refusal_names_reason_and_step(gateway: Gateway, keys: dict[str, Key]) -> None:

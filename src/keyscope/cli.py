@@ -513,11 +513,12 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
     sub = groups.add_parser(
         "explain",
-        parents=[common],
         help="show, step by step, what the gateway would decide about a request (nothing is forwarded)",
         description="Show, step by step, what the gateway would decide about a request; nothing is forwarded. "
         "Exit status: 0 allowed, 1 refused, 2 usage or store problem.",
     )
+    sub.add_argument("--store", metavar="URL", default=argparse.SUPPRESS, help=STORE_HELP)
+    sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the trace as JSON")
     who = sub.add_mutually_exclusive_group(required=True)
     who.add_argument("--key", metavar="SECRET", help="the API key secret the request carries ('-' reads it from stdin)")
     who.add_argument("--key-id", metavar="ID", help="a key chosen by id (its secret is not checked)")
@@ -539,6 +540,10 @@ def run_explain(args: argparse.Namespace) -> int:
     from .endpoints import EndpointsError
     from .endpoints import load as load_endpoints
 
+    if args.key == "-" and args.body == "-":
+        args.parser.print_usage(sys.stderr)
+        print("keyscope explain: error: --key - and --body - cannot both read stdin", file=sys.stderr)
+        return 2
     try:
         endpoints = load_endpoints(args.endpoints)
         secret = sys.stdin.readline().strip() if args.key == "-" else args.key
