@@ -29,7 +29,7 @@ import pytest
 
 from keyscope.keys import display_prefix, hash_secret, new_key_id, new_secret
 from keyscope.models import ApiKey, Application, Entity, KeyUpdate, PlatformEntry, PlatformLink
-from keyscope.store import Store
+from keyscope.store import MissingReference, NotFound, Store
 from keyscope.store.postgres import PostgresStore
 from keyscope.store.sqlite import SQLiteStore
 from keyscope.watch import ChangeWatcher
@@ -150,6 +150,34 @@ async def test_postgresql_announces_each_narrowing_write_to_other_instances(
         await write(writer, key)
         waited = await heard.next()
         print(f"{write.__name__}: heard after {waited * 1000:.1f} ms")
+        assert heard.calls == 1
+    finally:
+        await watcher.stop()
+        await writer.close()
+        await reader.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.postgres
+async def test_postgresql_refused_writes_announce_nothing(database: str) -> None:
+    """A write that fails rolls back its NOTIFY with everything else; announcements arrive in commit order,
+    so one call after the next real write proves the refused ones sent none."""
+    writer, reader = PostgresStore(database), PostgresStore(database)
+    await writer.open()
+    await reader.open()
+    heard = Heard()
+    watcher = ChangeWatcher(reader, heard)
+    try:
+        key = await prepare(writer)
+        await watcher.start()
+        with pytest.raises(MissingReference):
+            await writer.update_key(key.id, KeyUpdate(enabled=False, platform=(PlatformLink("nope", None),)))
+        with pytest.raises(NotFound):
+            await writer.delete_application("nope")
+        await revoke(writer, key)
+        latest = await writer.revision()
+        while watcher.revision != latest:
+            await heard.next()
         assert heard.calls == 1
     finally:
         await watcher.stop()

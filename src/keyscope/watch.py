@@ -65,6 +65,11 @@ class ChangeWatcher:
         self._listener: ChangeListener | None = None
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def revision(self) -> int | None:
+        """The latest store revision this worker has heard of (None before start())."""
+        return self._revision
+
     async def start(self) -> None:
         """Reads the current revision and, for an announcing store, starts listening. Raises StoreError if
         the store cannot be reached: start-up must fail rather than run without propagation."""
