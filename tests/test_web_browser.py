@@ -23,7 +23,10 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
+# CI sets KEYSCOPE_REQUIRE_BROWSER=1 after installing the browser: there a missing browser is a failure, not a skip.
 if not os.path.exists(CHROMIUM):
+    if os.environ.get("KEYSCOPE_REQUIRE_BROWSER") == "1":
+        raise RuntimeError(f"{CHROMIUM} is not installed but KEYSCOPE_REQUIRE_BROWSER=1")
     pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
 
