@@ -9,6 +9,7 @@ process (a second gateway worker, the CLI) delays that write but never blocks th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -50,11 +51,10 @@ def _commit(conn: sqlite3.Connection) -> None:
 
 
 def _rollback_quietly(conn: sqlite3.Connection) -> None:
-    try:
+    # The caller is already failing with a better error; the next BEGIN starts clean.
+    with contextlib.suppress(sqlite3.Error):
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass  # the caller is already failing with a better error; the next BEGIN starts clean
 
 
 class SQLiteStore(SQLStore):
