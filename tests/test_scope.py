@@ -136,6 +136,22 @@ def test_query_names_are_case_insensitive(name: bytes) -> None:
     assert run(CCAAS, key(("app-a", None)), query=name + b"=app-a").application_ids == {"app-a"}
 
 
+@pytest.mark.parametrize("name", [b"applicationId%00", b"applicationId%00x", b"%20applicationId", b"applicationId%09",
+                                  b"application%00Id"])
+def test_names_a_backend_could_truncate_or_trim_to_an_id_name_count_as_ids(name: bytes) -> None:
+    # A backend in C stops at NUL; lenient ones trim spaces: either would read these as applicationId.
+    k = key(("app-a", None))
+    if name == b"applicationId%00x":  # what follows a NUL is kept here, so it is not an id name
+        assert run(CCAAS, k, query=name + b"=app-b").application_ids == frozenset()
+        return
+    assert refusal(CCAAS, k, query=name + b"=app-b").reason == "id_out_of_scope"
+    assert refusal(CCAAS, k, name + b"=app-b", content_type=FORM).reason == "id_out_of_scope"
+    assert refusal(CCAAS, k, query=b"applicationId=app-a&" + name + b"=app-a").reason == "duplicate_id"
+    json_name = name.replace(b"%00", b"\\u0000").replace(b"%20", b" ").replace(b"%09", b"\\t")
+    nested = b'{"x": {"' + json_name + b'": "app-b"}}'
+    assert refusal(CCAAS, k, nested, content_type=JSON).reason == "id_out_of_scope"
+
+
 def test_case_variant_at_a_declared_location_is_400() -> None:
     r = refusal(SMS_LOGS, key(("app-a", None)), query=b"ApplicationId=app-a")
     assert (r.status, r.reason, r.field) == (400, "id_name_case", "ApplicationId")

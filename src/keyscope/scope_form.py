@@ -29,10 +29,23 @@ class Uninspectable(Exception):
     """The body is in a shape keyscope will not read: 415 for a linked key, forwarded untouched for a primary."""
 
 
+# Control characters a backend written in C may stop at (NUL) or a lenient one may drop, with the spaces it trims.
+_NOISE = dict.fromkeys([*range(0x20), 0x7F])
+
+
 def id_kind(name: str) -> str | None:
-    """"applicationId"/"entityId" when a lenient backend could read `name` as that id, else None."""
-    if name.isascii():
-        return BY_FOLD.get(name.lower())
+    """"applicationId"/"entityId" when a lenient backend could read `name` as that id, else None.
+
+    Besides case and Unicode folds, a name that is an id name once control characters are dropped and spaces
+    trimmed (`applicationId%00`, ` entityId`) counts: a backend that truncates at NUL would read it as one.
+    """
+    lowered = name.lower()
+    kind = BY_FOLD.get(lowered)
+    if kind is not None or (
+        name.isascii() and name.isprintable() and "applicationid" not in lowered and "entityid" not in lowered
+    ):
+        return kind
+    name = name.translate(_NOISE).strip()
     for folded in (name.lower(), name.upper().lower(), name.casefold(), unicodedata.normalize("NFKC", name).lower()):
         kind = BY_FOLD.get(folded)
         if kind is not None:

@@ -66,7 +66,8 @@ def read(body: bytes) -> tuple[Any, list[Found]]:
     if not applications and not entities and shallow:
         return _decode(text, _DECODER), []  # no key can name an id: nothing to walk
     # Plain ASCII without escapes: if every spelling of an id name is the exact one, only exact keys count.
-    exact = text.count("applicationId") == applications and text.count("entityId") == entities
+    # (Quoted, so that a key such as " applicationId", which a trimming backend reads as the id, is not exact.)
+    exact = text.count('"applicationId"') == applications and text.count('"entityId"') == entities
     if not (exact and shallow):
         return _walked(text, exact)
     holders: list[dict[str, Any]] = []
@@ -191,7 +192,12 @@ def _walk_object(node: dict[str, Any], depth: int, path: list[str | int], found:
     ids: dict[str, str | None] | None = None
     names: dict[str, str] = {}
     for key, value in node.items():
-        kind = BY_FOLD.get(key.lower()) if key.isascii() else id_kind(key)
+        lowered = key.lower()
+        kind = BY_FOLD.get(lowered)
+        if kind is None and (
+            not key.isascii() or not key.isprintable() or "applicationid" in lowered or "entityid" in lowered
+        ):
+            kind = id_kind(key)
         if kind is not None:
             if ids is None:
                 ids = {}
