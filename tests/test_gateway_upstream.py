@@ -67,6 +67,18 @@ def test_allowed_ips_use_forwarded_for_behind_a_trusted_proxy(gateway: Gateway, 
     assert gateway.raw(request_bytes("GET", "/office", key, "X-Forwarded-For: 203.0.113.7")).status == 200
 
 
+def test_head_is_forwarded_and_answered_without_a_body(gateway: Gateway, echo: Echo, primary: Key) -> None:
+    auth = {"Authorization": f"App {primary.secret}"}
+    for _ in range(3):  # on pooled upstream connections: a HEAD answer must not leave bytes behind
+        response = gateway.client.head("/head/check", headers=auth)
+        assert response.status_code == 200
+        assert response.content == b""
+        assert gateway.client.get("/after-head", headers=auth).status_code == 200
+    assert [(record["method"], record["path"]) for record in echo.log()] == [
+        ("HEAD", "/base/path/head/check"), ("GET", "/base/path/after-head")
+    ] * 3
+
+
 def test_slow_upstream_is_504_in_the_legacy_family(gateway: Gateway, primary: Key) -> None:
     response = gateway.raw(request_bytes("GET", "/__echo/slow?seconds=3", primary))
     assert response.status == 504

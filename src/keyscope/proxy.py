@@ -5,6 +5,11 @@ was checked and the (possibly filled) query, so the checked view and the forward
 told not to touch anything: no re-quoting of the URL (`encoded=True`), no decompression, no automatic headers, no
 cookie jar shared between clients, no redirects. Response status and raw headers pass through unchanged, so
 duplicate headers such as two Set-Cookie survive.
+
+A request whose body is already in memory (none, or read by the checks) skips `ClientSession.request`: its
+head is written as bytes on a pooled connection of the session's own connector and the answer is read with
+aiohttp's response parser, as the session does, without building a ClientRequest, a ClientResponse and their
+header multidicts per request. Bodies still streaming from the client go through the session.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 import yarl
+from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import EofStream
 
 from . import errors
 from .accesslog import CLIENT_GONE
@@ -42,6 +50,10 @@ _DROP_RESPONSE = frozenset(
 _KEYSCOPE_PREFIX = b"x-keyscope-"
 WATCH_AFTER = 0.25
 _SKIP_AUTO = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+# Retried once on a pooled connection the upstream had closed, as aiohttp does (RFC 9112, 9.3.1).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_NO_LENGTH = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+_CRLF = b"\r\n"
 
 
 class Upstream:
@@ -57,64 +69,86 @@ class Upstream:
         trusted_proxies: Sequence[str] = (),
     ) -> None:
         self.base = base.rstrip("/")
-        self._authorization = authorization
         self._timeout = timeout
         self._connections = connections
         self._trusted = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in trusted_proxies)
         self._session: aiohttp.ClientSession | None = None
+        self._connector: aiohttp.TCPConnector | None = None
+        self._client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+        base_url = yarl.URL(self.base, encoded=True)
+        self._prefix = base_url.raw_path.rstrip("/").encode("ascii")
+        self._host_line = b"Host: " + (base_url.host_port_subcomponent or "").encode("ascii") + _CRLF
+        self._authorization = None if authorization is None else (b"Authorization", authorization.encode("utf-8"))
+        self._origin = _origin(self.base)
+        self._template: aiohttp.ClientRequest | None = None
 
     async def start(self) -> None:
         """Create the session; must run inside the worker's event loop."""
         # Idle upstream connections are dropped after 4 s, before uvicorn's and Node's 5 s: a connection the
         # upstream closes just as it is reused fails a POST, which aiohttp (rightly) does not retry.
         connector = aiohttp.TCPConnector(limit=self._connections, keepalive_timeout=4, ttl_dns_cache=60)
+        self._connector = connector
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
             skip_auto_headers=_SKIP_AUTO,
             cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout, sock_read=self._timeout),
+            timeout=self._client_timeout,
             trust_env=False,
             requote_redirect_url=False,
+        )
+        # What the connector needs to open or pick a pooled connection: the upstream's address, nothing else.
+        self._template = aiohttp.ClientRequest(
+            "GET", yarl.URL(self.base, encoded=True), loop=asyncio.get_running_loop(), ssl=True
         )
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+            self._connector = None
+            self._template = None
 
-    def request_headers(self, scope: Scope, identity: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-        """The headers the backend gets: the client's, minus what must not pass, plus keyscope's own."""
-        raw: list[tuple[bytes, bytes]] = scope["headers"]
-        named: set[bytes] = set()
+    def request_headers(self, scope: Scope, identity: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+        """The headers the backend gets: the client's, minus what must not pass, plus keyscope's own.
+
+        One pass over the client's headers; those named in `Connection` are only known at its end, so they
+        are filtered out afterwards (rarely needed: clients seldom name any).
+        """
+        named: set[bytes] | None = None
         host = b""
         client_forwarded_for = b""
-        for name, value in raw:
-            if name == b"connection":
-                named.update(token.strip().lower() for token in value.split(b","))
-            elif name == b"host":
-                host = value
-            elif name == b"x-forwarded-for":
-                client_forwarded_for = value if not client_forwarded_for else client_forwarded_for + b", " + value
-        headers: list[tuple[str, str]] = []
-        for name, value in raw:
+        headers: list[tuple[bytes, bytes]] = []
+        for name, value in scope["headers"]:
             plain = name.replace(b"_", b"-") if b"_" in name else name
-            if plain in _DROP_REQUEST or plain in named or plain.startswith(_KEYSCOPE_PREFIX):
+            if plain in _DROP_REQUEST:
+                if plain == b"connection":
+                    named = named or set()
+                    named.update(token.strip().lower() for token in value.split(b","))
+                elif plain == b"host" and plain is name:
+                    host = value
+                elif plain == b"x-forwarded-for" and plain is name:
+                    client_forwarded_for = value if not client_forwarded_for else client_forwarded_for + b", " + value
                 continue
-            headers.append((_text(name), _text(value)))
+            if plain.startswith(_KEYSCOPE_PREFIX):
+                continue
+            headers.append((name, value))
+        if named:
+            headers = [(n, v) for n, v in headers if (n.replace(b"_", b"-") if b"_" in n else n) not in named]
         peer = scope.get("client")
-        peer_host = peer[0] if peer else ""
+        peer_host = peer[0].encode("latin-1") if peer else b""
         forwarded_for = peer_host
-        if client_forwarded_for and self._is_trusted(peer_host):
-            forwarded_for = f"{_text(client_forwarded_for)}, {peer_host}"
+        if client_forwarded_for and self._is_trusted(peer[0] if peer else ""):
+            forwarded_for = client_forwarded_for + b", " + peer_host
         if forwarded_for:
-            headers.append(("X-Forwarded-For", forwarded_for))
-        headers.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
+            headers.append((b"X-Forwarded-For", forwarded_for))
+        headers.append((b"X-Forwarded-Proto", scope.get("scheme", "http").encode("latin-1")))
         if host:
-            headers.append(("X-Forwarded-Host", _text(host)))
+            headers.append((b"X-Forwarded-Host", host))
         if self._authorization is not None:
-            headers.append(("Authorization", self._authorization))
-        headers.extend(identity)
+            headers.append(self._authorization)
+        for name_text, value_text in identity:
+            headers.append((name_text.encode("latin-1"), value_text.encode("utf-8")))
         return headers
 
     def _is_trusted(self, address: str) -> bool:
@@ -145,28 +179,23 @@ class Upstream:
         then the body, if the request has one, is streamed from `receive` as it arrives.
         """
         assert self._session is not None, "Upstream.start() was not awaited"
-        target = self.base + scope["raw_path"].decode("latin-1")
+        path = self._prefix + scope["raw_path"]
         if query:
-            target += "?" + query.decode("latin-1")
+            path += b"?" + query
         headers = self.request_headers(scope, identity)
         exchange = _Exchange(asyncio.current_task())  # type: ignore[arg-type]
-        data: bytes | AsyncIterator[bytes] | None = None
-        if body is not None:
-            if body:  # aiohttp itself sends Content-Length: 0 for an empty body where a method expects one
-                data = body
-                headers.append(("Content-Length", str(len(body))))
-            exchange.watch(receive)
-        else:
-            length = _header(scope, b"content-length")
-            if length is not None:
-                headers.append(("Content-Length", length.decode("latin-1")))
-                data = _stream_body(receive, exchange)
-            elif _header(scope, b"transfer-encoding") is not None:
-                data = _stream_body(receive, exchange)
-            else:
-                exchange.watch(receive)
+        method: str = scope["method"]
         try:
-            return await self._exchange(scope["method"], target, headers, data, send, family, exchange)
+            if body is None:
+                length = _header(scope, b"content-length")
+                if length is not None or _header(scope, b"transfer-encoding") is not None:
+                    if length is not None:
+                        headers.append((b"Content-Length", length))
+                    return await self._stream(method, path, headers, _stream_body(receive, exchange), send, family,
+                                              exchange)
+                body = b""
+            exchange.watch(receive)
+            return await self._exchange(method, path, headers, body, send, family, exchange)
         except asyncio.CancelledError:
             if not exchange.gone:
                 raise
@@ -177,41 +206,138 @@ class Upstream:
         finally:
             exchange.finish()
 
+    def _head(self, method: str, path: bytes, headers: list[tuple[bytes, bytes]], length: int) -> bytes:
+        """The request line and headers as bytes; a CR or LF inside any of them is refused (ValueError)."""
+        lines = [method.encode("ascii"), b" ", path, b" HTTP/1.1\r\n", self._host_line]
+        for name, value in headers:
+            lines += (name, b": ", value, _CRLF)
+        count = len(headers) + 3
+        if length or method not in _NO_LENGTH:  # as aiohttp: Content-Length: 0 where a method may have a body
+            lines += (b"Content-Length: ", str(length).encode("ascii"), _CRLF)
+            count += 1
+        lines.append(_CRLF)
+        head = b"".join(lines)
+        if head.count(b"\n") != count or head.count(b"\r") != count:
+            raise ValueError("a CR or LF inside the request line or a header")
+        return head
+
     async def _exchange(
         self,
         method: str,
-        target: str,
-        headers: list[tuple[str, str]],
-        data: bytes | AsyncIterator[bytes] | None,
+        path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
         send: Send,
         family: errors.Family,
         exchange: _Exchange,
     ) -> tuple[int, int | None]:
+        """A request whose body is in memory, on a pooled connection: one write, then aiohttp's parser."""
+        connector, template = self._connector, self._template
+        assert connector is not None and template is not None
+        try:
+            head = self._head(method, path, headers, len(body))
+        except ValueError:
+            logger.warning("upstream %s not asked: a header holds a CR or LF", self._origin)
+            return await _fail(send, 502, family), None
+        retry = method in _IDEMPOTENT
+        while True:
+            try:
+                connection = await connector.connect(template, [], self._client_timeout)
+            except asyncio.TimeoutError:
+                return await _fail(send, 504, family), None
+            except (aiohttp.ClientError, OSError) as exc:
+                if exchange.gone:
+                    raise _ClientGone from None
+                logger.warning("upstream %s failed: %s", self._origin, exc.__class__.__name__)
+                return await _fail(send, 502, family), None
+            protocol = connection.protocol
+            assert protocol is not None and protocol.transport is not None
+            try:
+                protocol.set_response_params(
+                    skip_payload=method == "HEAD",
+                    read_until_eof=True,
+                    auto_decompress=False,
+                    read_timeout=self._timeout,
+                    timeout_ceil_threshold=connector._timeout_ceil_threshold,
+                )
+                if body:
+                    protocol.transport.writelines((head, body))
+                else:
+                    protocol.transport.write(head)
+                protocol.start_timeout()
+                while True:
+                    message, payload = await protocol.read()
+                    if not 100 <= message.code <= 199 or message.code == 101:
+                        break
+            except asyncio.TimeoutError:
+                connection.close()
+                return await _fail(send, 504, family), None
+            except (aiohttp.ClientError, HttpProcessingError, EofStream, OSError) as exc:
+                connection.close()
+                if exchange.gone:
+                    raise _ClientGone from None
+                if retry and isinstance(exc, (ServerDisconnectedError, ClientOSError, EofStream)):
+                    retry = False
+                    continue
+                logger.warning("upstream %s failed: %s", self._origin, exc.__class__.__name__)
+                return await _fail(send, 502, family), None
+            except BaseException:
+                connection.close()
+                raise
+            break
+        status = message.code
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": _response_headers(message.raw_headers)})
+            while chunk := await payload.readany():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            connection.close()
+            logger.warning("upstream %s broke off its response: %s", self._origin, exc.__class__.__name__)
+            exchange.finish()
+            return status, status
+        except BaseException:
+            connection.close()
+            raise
+        connection.release()  # back to the pool unless the answer said or left the connection unusable
+        exchange.finish()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return status, status
+
+    async def _stream(
+        self,
+        method: str,
+        path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        data: AsyncIterator[bytes],
+        send: Send,
+        family: errors.Family,
+        exchange: _Exchange,
+    ) -> tuple[int, int | None]:
+        """A request whose body is still arriving from the client: aiohttp's session streams it upstream."""
         assert self._session is not None
+        url = yarl.URL(self.base + path[len(self._prefix):].decode("latin-1"), encoded=True)
+        text_headers = [(_text(name), _text(value)) for name, value in headers]
         try:
             response = await self._session.request(
-                method, yarl.URL(target, encoded=True), headers=headers, data=data, allow_redirects=False
+                method, url, headers=text_headers, data=data, allow_redirects=False
             )
         except asyncio.TimeoutError:
             return await _fail(send, 504, family), None
         except aiohttp.ClientError as exc:
             if exchange.gone:
                 raise _ClientGone from None
-            logger.warning("upstream %s failed: %s", _origin(target), exc.__class__.__name__)
+            logger.warning("upstream %s failed: %s", self._origin, exc.__class__.__name__)
             return await _fail(send, 502, family), None
         async with response:
             headers_out = _response_headers(response.raw_headers)
             await send({"type": "http.response.start", "status": response.status, "headers": headers_out})
             content = response.content
             try:
-                while True:
-                    chunk = await content.readany()
-                    if not chunk:
-                        break
+                while chunk := await content.readany():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 # Too late for a 502: the status line is out. Cut the connection so the client sees it is short.
-                logger.warning("upstream %s broke off its response: %s", _origin(target), exc.__class__.__name__)
+                logger.warning("upstream %s broke off its response: %s", self._origin, exc.__class__.__name__)
                 exchange.finish()
                 return response.status, response.status
             exchange.finish()
