@@ -10,6 +10,7 @@ Secrets never leave this module except as their hash.
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -74,8 +75,11 @@ def split_credentials(value: bytes) -> tuple[bytes, bytes]:
     return scheme.lower(), credentials
 
 
+_VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]*")
+
+
 def _visible_ascii(data: bytes) -> bool:
-    return data.isascii() and all(0x21 <= byte <= 0x7E for byte in data)
+    return _VISIBLE_ASCII.fullmatch(data) is not None
 
 
 def app_secret(scope: Scope) -> bytes:

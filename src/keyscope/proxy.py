@@ -260,10 +260,7 @@ class Upstream:
                     read_timeout=self._timeout,
                     timeout_ceil_threshold=connector._timeout_ceil_threshold,
                 )
-                if body:
-                    protocol.transport.writelines((head, body))
-                else:
-                    protocol.transport.write(head)
+                protocol.transport.write(head + body if body else head)  # one send(): writelines may make two
                 protocol.start_timeout()
                 while True:
                     message, payload = await protocol.read()
