@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import socket
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
