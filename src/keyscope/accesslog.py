@@ -25,7 +25,11 @@ or forwarded but failed upstream (502/504) or abandoned by the client."""
 CLIENT_GONE = 499
 """The status logged when the client left before its answer was complete (nginx's code)."""
 
-_dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+_quote = json.encoder.encode_basestring_ascii  # the C function json.dumps uses for str with ensure_ascii
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
 
 
 def record(
@@ -44,23 +48,19 @@ def record(
     """`started` is a `time.perf_counter()` reading taken when the request arrived."""
     if not logger.isEnabledFor(logging.INFO):
         return
-    line = {
-        "time": round(time.time(), 3),
-        "method": method,
-        "path": path.decode("latin-1"),
-        "key": key_id,
-        "function": function,
-        "decision": decision,
-        "status": status,
-        "reason": reason,
-        "step": step,
-        "upstream": upstream_status,
-        "ms": round((time.perf_counter() - started) * 1000, 3),
-    }
+    # The JSON object written out by hand, in json.dumps(separators=(",", ":")) form: a dict and the generic
+    # encoder cost more than the rest of a refusal's logging.
+    text = (
+        f'{{"time":{round(time.time(), 3)!r},"method":{_quote(method)},"path":{_quote(path.decode("latin-1"))},'
+        f'"key":{_text(key_id)},"function":{_text(function)},"decision":{_quote(decision)},"status":{status:d},'
+        f'"reason":{_text(reason)},"step":{_text(step)},'
+        f'"upstream":{"null" if upstream_status is None else format(upstream_status, "d")},'
+        f'"ms":{round((time.perf_counter() - started) * 1000, 3)!r}}}'
+    )
     if _sink is not None:
-        _sink.write_line(_dumps(line))
+        _sink.write_line(text)
     else:
-        logger.info(_dumps(line))
+        logger.info(text)
 
 
 class LineHandler(logging.Handler):

@@ -303,9 +303,26 @@ def refusal_headers(status: int, length: int) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+_ANSWERS: dict[tuple[Refusal, Family], tuple[tuple[tuple[bytes, bytes], ...], bytes]] = {}
+_ANSWERS_MAX = 1024
+
+
+def _answer(refusal: Refusal, family: Family) -> tuple[tuple[tuple[bytes, bytes], ...], bytes]:
+    """A refusal's headers and body, encoded once per distinct refusal (an attacker repeats his)."""
+    key = (refusal, family)
+    answer = _ANSWERS.get(key)
+    if answer is None:
+        payload = refusal_body(refusal, family)
+        answer = (tuple(refusal_headers(refusal.status, len(payload))), payload)
+        if len(_ANSWERS) >= _ANSWERS_MAX:
+            _ANSWERS.clear()
+        _ANSWERS[key] = answer
+    return answer
+
+
 async def refuse(send: Send, refusal: Refusal, family: Family) -> None:
     """Answer with the refusal's body in the endpoint's error family; nothing has been forwarded."""
-    payload = refusal_body(refusal, family)
-    headers = refusal_headers(refusal.status, len(payload))
-    await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+    headers, payload = _answer(refusal, family)
+    # a fresh list each time: a server or middleware may add to the headers it is given
+    await send({"type": "http.response.start", "status": refusal.status, "headers": list(headers)})
     await send({"type": "http.response.body", "body": payload})
