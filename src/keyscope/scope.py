@@ -285,9 +285,7 @@ class _Check:
 
     def __init__(self, entries: tuple[PlatformEntry, ...], request: _Request) -> None:
         self.request = request
-        self.rules = [(entry, _ids_of(entry)) for entry in entries]
-        self.action = next((entry for entry in entries if entry.action), None)
-        self.action_ids = _ids_of(self.action) if self.action is not None else {}
+        self.rules, self.action, self.action_ids = _rules(entries)
 
     def run(self, locations: tuple[IdLocation, ...]) -> None:
         request = self.request
@@ -373,6 +371,20 @@ def _target_writer(request: _Request, target: scope_json.Target) -> Callable[[di
     return write
 
 
+Rule = tuple[PlatformEntry, dict[str, str]]
+
+
+@lru_cache(maxsize=4096)
+def _rules(entries: tuple[PlatformEntry, ...]) -> tuple[list[Rule], PlatformEntry | None, dict[str, str]]:
+    """Each entry with the ids it sets, and the action entry with its ids: once per distinct key link set.
+
+    Shared between requests: nothing may change them (they are read only).
+    """
+    rules = [(entry, _ids_of(entry)) for entry in entries]
+    action = next((entry for entry in entries if entry.action), None)
+    return rules, action, _ids_of(action) if action is not None else {}
+
+
 def _ids_of(entry: PlatformEntry) -> dict[str, str]:
     ids = {}
     if entry.application_id is not None:
@@ -401,6 +413,8 @@ def _requires(entry_ids: dict[str, str], ids: dict[str, str | None]) -> bool:
 
 def _entry_of(slots: list[_Slot], entries: tuple[PlatformEntry, ...]) -> PlatformEntry:
     """The entry the forwarded headers describe: one that permits every place, else what the places agree on."""
+    if len(entries) == 1:  # every place was permitted by it, or the request was refused
+        return entries[0]
     if not slots:
         return entries[0] if len(entries) == 1 else _agreement(entries)
     permitting = [set(map(id, slot.entries)) for slot in slots]

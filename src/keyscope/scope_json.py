@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 from typing import Any, NamedTuple
 
 from .endpoints import JsonStep
@@ -70,8 +71,11 @@ def read(body: bytes) -> tuple[Any, list[Found]]:
     exact = text.count('"applicationId"') == applications and text.count('"entityId"') == entities
     if not (exact and shallow):
         return _walked(text, exact)
-    holders: list[dict[str, Any]] = []
-    doc = _decode(text, _holding_decoder(holders))
+    holders = _HOLDING.holders = []
+    try:
+        doc = _decode(text, _HOLDING_DECODER)
+    finally:
+        _HOLDING.holders = None
     found = _unlocated(holders)
     return (doc, found) if found is not None else (doc, find(doc, exact))
 
@@ -81,18 +85,26 @@ def _walked(text: str, exact: bool) -> tuple[Any, list[Found]]:
     return doc, find(doc, exact)
 
 
-def _holding_decoder(holders: list[dict[str, Any]]) -> json.JSONDecoder:
-    """A decoder that also lists the objects with an exactly spelt id key, as it builds them."""
+class _Holding(threading.local):
+    """The list the holding decoder's hook fills for the decode running in this thread (decoding never awaits)."""
 
-    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj = dict(pairs)
-        if len(obj) != len(pairs):
-            raise _duplicate(pairs)
-        if not _EXACT_NAMES.isdisjoint(obj):
-            holders.append(obj)
-        return obj
+    holders: list[dict[str, Any]] | None = None
 
-    return json.JSONDecoder(object_pairs_hook=hook, parse_constant=_constant, parse_float=_float)
+
+_HOLDING = _Holding()
+
+
+def _holding_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Build an object, and list it when it has an exactly spelt id key."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _duplicate(pairs)
+    if not _EXACT_NAMES.isdisjoint(obj):
+        _HOLDING.holders.append(obj)  # type: ignore[union-attr]
+    return obj
+
+
+_HOLDING_DECODER = json.JSONDecoder(object_pairs_hook=_holding_hook, parse_constant=_constant, parse_float=_float)
 
 
 def _unlocated(holders: list[dict[str, Any]]) -> list[Found] | None:
@@ -131,7 +143,7 @@ def _decode(text: str, decoder: json.JSONDecoder) -> Any:
         raise refuse(400, reason, None, f"The JSON body is not valid JSON: {exc.msg} at {exc.pos}.") from None
     except ValueError as exc:
         raise refuse(400, "invalid_json", None, f"The JSON body is not valid JSON: {exc}.") from None
-    if _SURROGATE_ESCAPE.search(text) and not _encodable(doc):
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and not _encodable(doc):
         raise refuse(400, "lone_surrogate", None, "The JSON body escapes a lone UTF-16 surrogate.")
     return doc
 
