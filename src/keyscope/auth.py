@@ -108,7 +108,11 @@ class KeyAuthenticator:
         trusted_proxies: Iterable[str] = (),
     ) -> None:
         self.store = store
-        self._keys: TTLCache[bytes, _Cached] = TTLCache(maxsize=maxsize, ttl=ttl)
+        self._ttl = ttl
+        self._maxsize = maxsize
+        # secret hash -> (key, monotonic deadline): a plain dict, so a hit costs one lookup (a TTLCache hit costs
+        # several Python calls); the oldest entries go first when it is full.
+        self._keys: dict[bytes, tuple[_Cached, float]] = {}
         self._unknown: TTLCache[bytes, bool] = TTLCache(maxsize=negative_maxsize, ttl=negative_ttl)
         self._hash_by_id: dict[str, bytes] = {}
         self._inflight: dict[bytes, _Lookup] = {}
@@ -118,8 +122,10 @@ class KeyAuthenticator:
     async def authenticate(self, scope: Scope) -> ApiKey:
         """The calling key, or Refusal(401). StoreUnavailable propagates: the caller answers 503."""
         secret_hash = hash_secret(app_secret(scope))
-        cached = self._keys.get(secret_hash)
-        if cached is None:
+        found = self._keys.get(secret_hash)
+        if found is not None and found[1] > time.monotonic():
+            cached: _Cached | None = found[0]
+        else:
             if secret_hash in self._unknown:
                 raise _refuse("unknown_key", "the API key is not known")
             cached = await self._lookup(secret_hash)
@@ -203,9 +209,16 @@ class KeyAuthenticator:
             if cached is None:
                 self._unknown[secret_hash] = True
             else:
-                self._keys[secret_hash] = cached
+                self._remember(secret_hash, cached)
                 self._hash_by_id[cached.key.id] = secret_hash
         return cached
+
+    def _remember(self, secret_hash: bytes, cached: _Cached) -> None:
+        keys = self._keys
+        keys.pop(secret_hash, None)  # re-inserted at the end: the oldest entries come first
+        while keys and len(keys) >= self._maxsize:
+            del keys[next(iter(keys))]
+        keys[secret_hash] = (cached, time.monotonic() + self._ttl)
 
 
 def _prepare(key: ApiKey) -> _Cached:

@@ -15,8 +15,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cachetools import TTLCache
-
 from . import canonical, matcher
 from . import scope as scoping
 from .auth import KeyAuthenticator
@@ -218,35 +216,47 @@ class KnownIds:
     """Step 5 without a store round trip per request: ids seen to exist are remembered for `ttl` seconds.
 
     Only existence is cached, never absence: ids only disappear through deletes, which clear this cache in
-    the process that made them (other processes within `ttl`).
+    the process that made them (other processes within `ttl`). Plain dicts of deadlines: the hit, checked on
+    every request that names an id, is one dict lookup and a comparison.
     """
 
     def __init__(self, store: Store, *, ttl: float = 5.0, maxsize: int = 100_000) -> None:
         self.store = store
-        self._applications: TTLCache[str, bool] = TTLCache(maxsize=maxsize, ttl=ttl)
-        self._entities: TTLCache[str, bool] = TTLCache(maxsize=maxsize, ttl=ttl)
+        self.ttl = ttl
+        self.maxsize = maxsize
+        self._applications: dict[str, float] = {}
+        self._entities: dict[str, float] = {}
 
     async def check(self, application_ids: Iterable[str], entity_ids: Iterable[str]) -> None:
-        applications = [i for i in application_ids if i not in self._applications]
-        entities = [i for i in entity_ids if i not in self._entities]
+        now = time.monotonic()
+        known_apps, known_entities = self._applications, self._entities
+        applications = [i for i in application_ids if known_apps.get(i, 0.0) <= now]
+        entities = [i for i in entity_ids if known_entities.get(i, 0.0) <= now]
         if not applications and not entities:
             return
         try:
             missing_apps, missing_entities = await self.store.missing_ids(applications, entities)
         except StoreUnavailable:
             raise Refusal(503, reason="store_unavailable", step="existence", detail="the store is unavailable")
+        deadline = time.monotonic() + self.ttl
         for ident in applications:
             if ident not in missing_apps:
-                self._applications[ident] = True
+                self._remember(known_apps, ident, deadline)
         for ident in entities:
             if ident not in missing_entities:
-                self._entities[ident] = True
+                self._remember(known_entities, ident, deadline)
         if missing_apps:
             ident = sorted(missing_apps)[0]
             raise Refusal(400, "unknown_application", "existence", "applicationId", f"no application {ident!r}")
         if missing_entities:
             ident = sorted(missing_entities)[0]
             raise Refusal(400, "unknown_entity", "existence", "entityId", f"no entity {ident!r}")
+
+    def _remember(self, known: dict[str, float], ident: str, deadline: float) -> None:
+        known.pop(ident, None)  # re-inserted at the end: the oldest entries come first
+        while len(known) >= self.maxsize:
+            del known[next(iter(known))]
+        known[ident] = deadline
 
     def clear(self) -> None:
         self._applications.clear()
