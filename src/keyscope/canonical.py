@@ -195,17 +195,25 @@ def _refuse_query(bad: bytes) -> None:
     _refuse_char(bad[0], "query")
 
 
+_SPECIAL = {**{name: ("forbidden", reason) for name, reason in _FORBIDDEN_HEADERS.items()},
+            **{name: ("counted", reason) for name, reason in _COUNTED.items()}}
+
+
 def _check_headers(headers: list[tuple[bytes, bytes]]) -> None:
     seen: dict[bytes, int] = {}
     for name, _ in headers:
-        name = name.lower()
-        if b"_" in name:
-            name = name.replace(b"_", b"-")
-        reason = _FORBIDDEN_HEADERS.get(name)
-        if reason is not None:
+        special = _SPECIAL.get(name)
+        if special is None:
+            if name.islower() and b"_" not in name:
+                continue  # the common case: an ordinary header, already in canonical form
+            name = name.lower().replace(b"_", b"-")
+            special = _SPECIAL.get(name)
+            if special is None:
+                continue
+        kind, reason = special
+        if kind == "forbidden":
             _refuse(reason, name.decode("latin-1"), "This header would make the backend see another method or path.")
-        if name in _COUNTED:
-            seen[name] = seen.get(name, 0) + 1
+        seen[name] = seen.get(name, 0) + 1
     if not seen:
         return
     if b"content-length" in seen and b"transfer-encoding" in seen:
