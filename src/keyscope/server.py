@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib.util
 import logging
 import os
@@ -175,7 +176,18 @@ def build_app(settings: Settings) -> Any:
         accesslog.enable()
     else:
         accesslog.disable()
-    return Gateway.from_settings(settings)
+    gateway = Gateway.from_settings(settings)
+    _tune_gc()
+    return gateway
+
+
+def _tune_gc() -> None:
+    """Fewer collections of the young generation: each one walks every object of the requests in flight, so
+    at the default threshold (700 allocations) collecting cost about 5% of a worker's CPU under load. What
+    exists at start-up is frozen: full collections skip it."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 def _configure_logging() -> None:
