@@ -2,7 +2,8 @@
 
 `store_url` is parametrised over the store kinds in `STORE_KINDS`: "sqlite" by default, or the comma-separated
 kinds in `KEYSCOPE_TEST_STORES` (e.g. `sqlite,postgresql`). Every test that takes `store_url` or `store` runs
-once per kind, each time on a fresh, empty database. A new kind needs one factory in `STORE_URLS`.
+once per kind, each time on a fresh, empty store (PostgreSQL: a fresh schema). A new kind needs one factory in
+`STORE_URLS`.
 """
 
 from __future__ import annotations
@@ -46,12 +47,14 @@ def _pg_admin(statement: str) -> None:
 
 @contextmanager
 def _postgresql_url(tmp_path: Path) -> Iterator[str]:
-    name = f"keyscope_test_{secrets.token_hex(6)}"
-    _pg_admin(f'CREATE DATABASE "{name}"')
+    """A fresh schema in the `test` database, alone on the search path: as isolated as a database for the
+    store (every table lives in it) and far quicker to create and drop."""
+    schema = f"keyscope_test_{secrets.token_hex(6)}"
+    _pg_admin(f'CREATE SCHEMA "{schema}"')
     try:
-        yield f"{PG_SERVER}/{name}"
+        yield f"{PG_SERVER}/test?search_path={schema}"
     finally:
-        _pg_admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+        _pg_admin(f"SET lock_timeout = '10s'; DROP SCHEMA \"{schema}\" CASCADE")
 
 
 # kind -> a context manager giving the URL of a fresh, empty store of that kind (and cleaning up after)
