@@ -84,7 +84,8 @@ def summarize(collapsed: str, top: int) -> str:
     lines.append("own time by function (the function itself):")
     lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
     # The chain from the program's entry down to the event loop is in every loop sample: leave it out.
-    chain = max(inclusive.values())
+    loop = [n for name, n in inclusive.items() if name.startswith("Runner.run (")]
+    chain = loop[0] if loop else max(inclusive.values())
     lines.append("inclusive time (the function and what it calls), below the event loop:")
     below = [(name, n) for name, n in inclusive.most_common() if n < chain][:top]
     lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in below]
