@@ -32,6 +32,11 @@ def _text(value: str | None) -> str:
     return "null" if value is None else _quote(value)
 
 
+def enabled() -> bool:
+    """Whether `record()` would write a line (an embedder may turn the logger on or off at any time)."""
+    return logger.isEnabledFor(logging.INFO)
+
+
 def record(
     *,
     started: float,
