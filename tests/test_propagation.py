@@ -530,6 +530,26 @@ def test_relink_reaches_the_other_gateway(pair: tuple[Instance, Instance], recor
     assert two.logs(key["apiKeySecret"], second) == 200
 
 
+def test_revoke_reaches_the_other_gateways_management_api(
+    pair: tuple[Instance, Instance], record_property: Any
+) -> None:
+    """A primary key may call /provisioning/1/*: once revoked anywhere, nowhere, even if a gateway has seen
+    no traffic request since."""
+    one, two = pair
+    key = one.create("/settings/2/api-keys", {"name": "primary"})
+
+    def applications() -> int:
+        headers = {"Authorization": f"App {key['apiKeySecret']}", "Connection": "close"}
+        return two.client.get("/provisioning/1/applications", headers=headers).status_code
+
+    assert applications() == 200
+    response = one.admin("PUT", f"/settings/2/api-keys/{key['id']}", {"enabled": False})
+    assert response.status_code == 200, response.text
+    waited = until(401, applications)
+    record_property("propagation_seconds", waited)
+    print(f"revoke reached the other gateway's management API after {waited * 1000:.1f} ms")
+
+
 def test_reenable_reaches_the_other_gateway(pair: tuple[Instance, Instance], record_property: Any) -> None:
     one, two = pair
     app = unique("app")

@@ -108,6 +108,7 @@ class Gateway:
         try:
             self.checks.target(scope)
             if is_management(scope["raw_path"]):
+                await self.checks.watcher.tick()  # API keys may call these too: hear of revocations first
                 status = await self._manage(scope, receive, send)
                 _log(started, scope, admission, accesslog.MANAGEMENT, status)
                 return
