@@ -143,10 +143,8 @@ class ChangeWatcher:
             try:
                 await asyncio.wait_for(listener.lost.wait(), self.check_every)
             except asyncio.TimeoutError:
-                try:
+                with contextlib.suppress(StoreError):  # revision() has marked the listener lost
                     self._seen(await listener.revision())
-                except StoreError:
-                    pass  # revision() has marked it lost
                 if not listener.lost.is_set():
                     continue
             log.warning("change notification connection lost; caches fall back to their TTL until it is back")

@@ -13,6 +13,7 @@ A write that changes what a key may do also sends `NOTIFY keyscope_changes, '<re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -192,10 +193,9 @@ class PostgresStore(SQLStore):
             try:
                 yield _Transaction(self, conn)
             except BaseException:
-                try:
+                # The original error says more; the pool resets the connection on release.
+                with contextlib.suppress(Exception):
                     await transaction.rollback()
-                except Exception:
-                    pass  # the original error says more; the pool resets the connection on release
                 raise
             try:
                 await transaction.commit()
@@ -262,10 +262,8 @@ class PostgresStore(SQLStore):
         that died with it (at most max_size), after which a new connection either works or fails to open."""
         lost = _lost(exc)
         if lost:
-            try:
+            with contextlib.suppress(asyncpg.exceptions.InterfaceError):  # closed already: the pool took it back
                 conn.terminate()
-            except asyncpg.exceptions.InterfaceError:
-                pass  # closed already: the pool has taken it back
         await pool.release(conn)
         return lost and attempts <= self._max_size and not pool.is_closing()
 
