@@ -599,7 +599,9 @@ async def test_secrets_are_not_in_the_database_files(env: Env, store_url: str) -
     for secret in secrets:
         assert (await env.client.get(APPS, headers=app_key(secret))).status_code == 200
     if store_url.startswith("postgresql"):  # everything the database holds, as pg_dump writes it out
-        data = subprocess.run(["pg_dump", "--data-only", store_url], capture_output=True, check=True).stdout
+        database, _, options = store_url.partition("?")
+        schema = [f"--schema={v}" for k, _, v in (o.partition("=") for o in options.split("&")) if k == "search_path"]
+        data = subprocess.run(["pg_dump", "--data-only", *schema, database], capture_output=True, check=True).stdout
     else:  # the file and its WAL and shared-memory files
         path = Path(store_url.removeprefix("sqlite:///"))
         files = [p for p in path.parent.iterdir() if p.name.startswith(path.name)]
