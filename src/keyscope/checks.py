@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from . import canonical, matcher
+from . import accesslog, canonical, matcher
 from . import scope as scoping
 from .auth import KeyAuthenticator
 from .endpoints import Endpoint
@@ -88,6 +88,30 @@ class Admission:
             if entry.entity_id is not None:
                 headers.append(("X-Keyscope-Entity-Id", entry.entity_id))
         return headers
+
+    def log(
+        self,
+        started: float,
+        scope: Scope,
+        decision: str,
+        status: int,
+        *,
+        refusal: Refusal | None = None,
+        upstream: int | None = None,
+    ) -> None:
+        """Step 8: the request's access line, from what the checks decided."""
+        accesslog.record(
+            started=started,
+            method=scope["method"],
+            path=scope["raw_path"],
+            decision=decision,
+            status=status,
+            key_id=self.key_id,
+            function=self.function,
+            reason=refusal.reason if refusal is not None else None,
+            step=refusal.step if refusal is not None else None,
+            upstream_status=upstream,
+        )
 
     def principal(self) -> Principal:
         assert self.key is not None

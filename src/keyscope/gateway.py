@@ -110,15 +110,15 @@ class Gateway:
             if is_management(scope["raw_path"]):
                 await self.checks.watcher.tick()  # API keys may call these too: hear of revocations first
                 status = await self._manage(scope, receive, send)
-                _log(started, scope, admission, accesslog.MANAGEMENT, status)
+                admission.log(started, scope, accesslog.MANAGEMENT, status)
                 return
             await self.checks.admit(scope, receive, admission)
         except Refusal as refusal:
             await refuse(send, refusal, admission.family)
-            _log(started, scope, admission, accesslog.REFUSED, refusal.status, refusal=refusal)
+            admission.log(started, scope, accesslog.REFUSED, refusal.status, refusal=refusal)
             return
         except ClientGone:
-            _log(started, scope, admission, accesslog.FAILED, accesslog.CLIENT_GONE)
+            admission.log(started, scope, accesslog.FAILED, accesslog.CLIENT_GONE)
             return
         status, upstream_status = await self.upstream.forward(
             scope,
@@ -130,7 +130,7 @@ class Gateway:
             family=admission.family,
         )
         decision = accesslog.FORWARDED if upstream_status is not None else accesslog.FAILED
-        _log(started, scope, admission, decision, status, upstream=upstream_status)
+        admission.log(started, scope, decision, status, upstream=upstream_status)
 
     async def _manage(self, scope: Scope, receive: Receive, send: Send) -> int:
         status = 0
@@ -167,26 +167,3 @@ class Gateway:
         await self.upstream.close()
         await self.store.close()
 
-
-def _log(
-    started: float,
-    scope: Scope,
-    admission: Admission,
-    decision: str,
-    status: int,
-    *,
-    refusal: Refusal | None = None,
-    upstream: int | None = None,
-) -> None:
-    accesslog.record(
-        started=started,
-        method=scope["method"],
-        path=scope["raw_path"],
-        decision=decision,
-        status=status,
-        key_id=admission.key_id,
-        function=admission.function,
-        reason=refusal.reason if refusal is not None else None,
-        step=refusal.step if refusal is not None else None,
-        upstream_status=upstream,
-    )

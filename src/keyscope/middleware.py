@@ -82,10 +82,10 @@ class KeyScopeMiddleware:
             await self.checks.admit(scope, receive, admission)
         except Refusal as refusal:
             await refuse(send, refusal, admission.family)
-            _log(started, scope, admission, accesslog.REFUSED, refusal.status, refusal)
+            admission.log(started, scope, accesslog.REFUSED, refusal.status, refusal=refusal)
             return
         except ClientGone:
-            _log(started, scope, admission, accesslog.FAILED, accesslog.CLIENT_GONE)
+            admission.log(started, scope, accesslog.FAILED, accesslog.CLIENT_GONE)
             return
 
         scope = dict(scope)
@@ -113,7 +113,7 @@ class KeyScopeMiddleware:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            _log(started, scope, admission, accesslog.FORWARDED, status or 500)
+            admission.log(started, scope, accesslog.FORWARDED, status or 500, upstream=status or 500)
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:
@@ -159,19 +159,3 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
     return replay
 
-
-def _log(
-    started: float, scope: Scope, admission: Admission, decision: str, status: int, refusal: Refusal | None = None
-) -> None:
-    accesslog.record(
-        started=started,
-        method=scope["method"],
-        path=scope["raw_path"],
-        decision=decision,
-        status=status,
-        key_id=admission.key_id,
-        function=admission.function,
-        reason=refusal.reason if refusal is not None else None,
-        step=refusal.step if refusal is not None else None,
-        upstream_status=status if refusal is None else None,
-    )
