@@ -93,3 +93,21 @@ async def store(store_url: str, anyio_backend: str) -> AsyncIterator[Store]:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture
+async def database(anyio_backend: str) -> AsyncIterator[str]:
+    """The URL of a fresh, empty PostgreSQL database, dropped afterwards with any connection a test left open.
+
+    A whole database, not a schema, where a test needs its own NOTIFY channels or its own migrations.
+    """
+    import asyncpg
+
+    name = f"keyscope_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(f"{PG_SERVER}/test")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield f"{PG_SERVER}/{name}"
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()

@@ -11,12 +11,12 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
+from conftest import PG_SERVER as SERVER
 from keyscope.keys import display_prefix, hash_secret, new_key_id, new_secret
 from keyscope.models import ApiKey, Application, KeyUpdate, PlatformEntry, PlatformLink
 from keyscope.store import Conflict, MissingReference, StoreUnavailable
@@ -24,21 +24,6 @@ from keyscope.store.migrations import LATEST, MIGRATIONS
 from keyscope.store.postgres import PostgresStore, redact, to_dollar
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
-
-SERVER = "postgresql://postgres@127.0.0.1:5432"
-
-
-@pytest.fixture
-async def database(anyio_backend: str) -> AsyncIterator[str]:
-    """The URL of a fresh, empty database, dropped afterwards (with any connection a test left open)."""
-    name = f"keyscope_test_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(f"{SERVER}/test")
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield f"{SERVER}/{name}"
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 def new_key(*links: tuple[str | None, str | None]) -> tuple[str, ApiKey]:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +27,7 @@ import asyncpg
 import httpx
 import pytest
 
+from conftest import PG_SERVER as SERVER
 from keyscope.keys import display_prefix, hash_secret, new_key_id, new_secret
 from keyscope.models import ApiKey, Application, Entity, KeyUpdate, PlatformEntry, PlatformLink
 from keyscope.store import MissingReference, NotFound, Store
@@ -36,21 +37,7 @@ from keyscope.watch import ChangeWatcher
 from test_postgres import Relay, terminate
 
 
-SERVER = "postgresql://postgres@127.0.0.1:5432"
 PATIENCE = 15.0  # seconds: generous, the tests assert that a change arrives, not how fast
-
-
-@pytest.fixture
-async def database(anyio_backend: str) -> AsyncIterator[str]:
-    """A fresh PostgreSQL database (NOTIFY channels are per database, so tests cannot hear each other)."""
-    name = f"keyscope_test_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(f"{SERVER}/test")
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield f"{SERVER}/{name}"
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 def new_key(*links: tuple[str | None, str | None], secret: str | None = None) -> ApiKey:
@@ -328,8 +315,6 @@ async def test_sqlite_writes_that_change_no_key_are_not_changes(tmp_path: Path) 
         await watcher.stop()
         await writer.close()
         await reader.close()
-
-
 
 
 # process level: real `keyscope serve` gateways sharing one store ----------------------------------
