@@ -23,11 +23,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from . import accesslog, config, matcher
 from .config import ConfigError, Settings
 from .endpoints import load as load_endpoints
+from .protocol import GatewayProtocol
 
 DESCRIPTION = "Run the keyscope gateway in front of an upstream HTTP API."
 
@@ -126,29 +126,13 @@ async def _check_store(url: str) -> None:
     await store.close()
 
 
-class RawTargetProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, except that `raw_path` and `query_string` are the request target exactly
-    as it arrived, split at the first `?`.
-
-    Plain uvicorn parses the target first: an absolute-form target (`GET http://host/path`) becomes `/path`
-    and a fragment is dropped, so step 1 could not refuse them. Here step 1 sees the bytes on the wire.
-    """
-
-    def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        if "raw_path" in self.scope:
-            path, _, query = self.url.partition(b"?")
-            self.scope["raw_path"] = self.root_path.encode("ascii") + path
-            self.scope["query_string"] = query
-
-
 def serve(settings: Settings) -> None:
 
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "http": RawTargetProtocol,
+        "http": GatewayProtocol,
         "lifespan": "on",
         "access_log": False,
         "proxy_headers": False,
