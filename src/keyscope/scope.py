@@ -56,6 +56,7 @@ from .scope_form import (
     multipart_fields,
     parse_multipart,
     parse_query,
+    plain_ids,
     refuse,
     set_multipart,
     set_params,
@@ -75,20 +76,54 @@ class Place(NamedTuple):
     entry: PlatformEntry | None
 
 
-@dataclass(frozen=True, slots=True)
 class Decision:
     """What to forward. `query`/`body` are the objects passed in unless FILL/FORCE rewrote them (`changed`);
     `entry` is what X-Keyscope-Application-Id/-Entity-Id carry (None for primary keys; an entry with key ""
     holding only the kinds the places agree on when they used different entries); the id sets are what
-    step 5 checks for existence; `places` is for the explainer."""
+    step 5 checks for existence; `places` is for the explainer. Read only.
 
-    query: bytes
-    body: bytes
-    changed: bool
-    entry: PlatformEntry | None
-    application_ids: frozenset[str]
-    entity_ids: frozenset[str]
-    places: list[Place]
+    A request decided the short way (see `inspect`) gets its places on first use, by deciding it again the
+    long way: only the explainer asks, and locating places can take a walk of the whole body.
+    """
+
+    __slots__ = ("query", "body", "changed", "entry", "application_ids", "entity_ids", "_places", "_inputs")
+
+    def __init__(
+        self,
+        query: bytes,
+        body: bytes,
+        changed: bool,
+        entry: PlatformEntry | None,
+        application_ids: frozenset[str],
+        entity_ids: frozenset[str],
+        places: list[Place] | None,
+        inputs: _Inputs | None = None,
+    ) -> None:
+        self.query = query
+        self.body = body
+        self.changed = changed
+        self.entry = entry
+        self.application_ids = application_ids
+        self.entity_ids = entity_ids
+        self._places = places
+        self._inputs = inputs
+
+    @property
+    def places(self) -> list[Place]:
+        if self._places is None:
+            assert self._inputs is not None
+            self._places = inspect_slowly(*self._inputs).places
+        return self._places
+
+    def __repr__(self) -> str:
+        return (
+            f"Decision(query={self.query!r}, body={self.body[:60]!r}, changed={self.changed}, entry={self.entry}, "
+            f"application_ids={set(self.application_ids)}, entity_ids={set(self.entity_ids)})"
+        )
+
+
+# inspect()'s arguments: endpoint, key, query, content_type, content_encoding, body
+_Inputs = tuple["Endpoint | None", ApiKey, bytes, "bytes | None", "bytes | None", bytes]
 
 
 @dataclass(slots=True, eq=False)
@@ -157,20 +192,145 @@ def inspect(
     content_encoding: bytes | None,
     body: bytes,
 ) -> Decision:
-    """Collect the request's ids; for a linked key also check, FILL or FORCE them. Raises Refusal."""
+    """Collect the request's ids; for a linked key also check, FILL or FORCE them. Raises Refusal.
+
+    The short way first: a primary key or a key with one entry, a plain query (`plain_ids`), no body or a
+    plain JSON one (`scope_json.read_plain`), and every place simply permitted as it stands: nothing to
+    fill, force or refuse. It builds no places and rewrites nothing. Anything else, or any doubt, is decided
+    the long way (`inspect_slowly`), which the short way agrees with (tests/test_scope_plain.py); a JSON
+    body already parsed is handed over, not parsed twice. The short way refuses only what reading a plain
+    JSON body refuses, exactly as the long way would at that point.
+    """
+    platform = key.platform
+    if platform and endpoint is None:
+        raise _not_allowlisted()
+    body_kind = _body_kind(content_type, content_encoding, body)
+    parsed = None
+    if len(platform) <= 1:
+        query_ids = plain_ids(query)
+        if query_ids is not None:
+            kind = body_kind.kind
+            if kind == "json":
+                parsed = scope_json.read_plain(body)
+            if parsed is not None or kind == "none" or kind == "opaque" and not platform:
+                decision = _plain_decision(endpoint, platform, query, body, query_ids, parsed)
+                if decision is not None:
+                    decision._inputs = (endpoint, key, query, content_type, content_encoding, body)
+                    return decision
+    return _inspect(endpoint, key, query, body, body_kind, parsed)
+
+
+def inspect_slowly(
+    endpoint: Endpoint | None,
+    key: ApiKey,
+    query: bytes,
+    content_type: bytes | None,
+    content_encoding: bytes | None,
+    body: bytes,
+) -> Decision:
+    """What inspect() decides, always the long way: every place found, located and checked."""
+    if key.platform and endpoint is None:
+        raise _not_allowlisted()
+    return _inspect(endpoint, key, query, body, _body_kind(content_type, content_encoding, body), None)
+
+
+def _inspect(
+    endpoint: Endpoint | None,
+    key: ApiKey,
+    query: bytes,
+    body: bytes,
+    body_kind: _Body,
+    parsed: tuple[Any, list[dict[str, Any]]] | None,
+) -> Decision:
     linked = bool(key.platform)
-    if linked and endpoint is None:
-        raise refuse(403, "not_allowlisted", None, "This key may not call this endpoint.")
     request = _Request(query, body)
     try:
         request.read_query()
-        request.read_body(_body_kind(content_type, content_encoding, body), linked)
+        request.read_body(body_kind, linked, parsed)
         if endpoint is None or not linked:
             return request.decision(None)
         _Check(key.platform, request).run(endpoint.ids)
         return request.decision(_entry_of(request.slots, key.platform))
     finally:
         request.close()
+
+
+def _not_allowlisted() -> Refusal:
+    return refuse(403, "not_allowlisted", None, "This key may not call this endpoint.")
+
+
+_NO_IDS: frozenset[str] = frozenset()
+
+
+def _plain_decision(
+    endpoint: Endpoint | None,
+    platform: tuple[PlatformEntry, ...],
+    query: bytes,
+    body: bytes,
+    query_ids: dict[str, str],
+    parsed: tuple[Any, list[dict[str, Any]]] | None,
+) -> Decision | None:
+    """The decision when every place is permitted as it stands by the key's one entry; None when in doubt.
+
+    Every id here is exactly spelt (plain query, plain JSON), so the declared places need only hold the
+    entry's ids (then FILL has nothing to add and FORCE nothing to change) and every other place must agree
+    with them. The query and the objects holding ids are all the places that name ids.
+    """
+    doc, holders = parsed if parsed is not None else (None, ())
+    entry = None
+    if platform:
+        assert endpoint is not None
+        entry = platform[0]
+        application, entity = entry.application_id, entry.entity_id
+        declared = False
+        for location in endpoint.ids:
+            if location.kind == "query":
+                if not _holds(query_ids, application, entity):
+                    return None
+                declared = True
+            elif location.kind == "json" and doc is not None:
+                objects = scope_json.declared(doc, location.path)
+                if objects is None:
+                    return None
+                for obj in objects:
+                    if not _holds(obj, application, entity):
+                        return None
+                declared = declared or bool(objects)
+            else:
+                return None
+        if endpoint.ids and not declared:
+            return None
+        if query_ids and not _agrees(query_ids, application, entity):
+            return None
+        for obj in holders:
+            if not _agrees(obj, application, entity):
+                return None
+    applications = entities = _NO_IDS
+    if query_ids or holders:
+        named = [query_ids, *holders] if query_ids else holders
+        applications = frozenset([ids["applicationId"] for ids in named if ids.get("applicationId") is not None])
+        entities = frozenset([ids["entityId"] for ids in named if ids.get("entityId") is not None])
+    return Decision(query, body, False, entry, applications, entities, None)
+
+
+def _holds(ids: dict[str, Any], application: str | None, entity: str | None) -> bool:
+    """The place names the entry's every id (its declared place is permitted as it stands)."""
+    return (application is None or ids.get("applicationId") == application) and (
+        entity is None or ids.get("entityId") == entity
+    )
+
+
+def _agrees(ids: dict[str, Any], application: str | None, entity: str | None) -> bool:
+    """Every id the place names is the entry's (a place elsewhere is permitted)."""
+    if application is not None:
+        named = ids.get("applicationId")
+        if named is not None and named != application:
+            return False
+    if entity is not None:
+        named = ids.get("entityId")
+        if named is not None and named != entity:
+            return False
+    return True
 
 
 class _Request:
@@ -202,13 +362,16 @@ class _Request:
             self.query, self.query_changed = rebuilt, True
             self.params = parse_query(rebuilt)
 
-    def read_body(self, body_kind: _Body, linked: bool) -> None:
+    def read_body(self, body_kind: _Body, linked: bool, parsed: tuple[Any, list[dict[str, Any]]] | None) -> None:
         self.body_kind = body_kind
         if body_kind.kind == "opaque" and linked:
             raise refuse(415, "uninspectable_body", None, "keyscope reads only uncompressed UTF-8 JSON and forms.")
         try:
             if body_kind.kind == "json":
-                self.doc, places = scope_json.read(self.body)
+                if parsed is not None:
+                    self.doc, places = parsed[0], scope_json.unlocated(parsed[1])
+                else:
+                    self.doc, places = scope_json.read(self.body)
                 for found in places:
                     writer = _json_writer(self, found.obj)
                     self.json_slots[id(found.obj)] = _Slot(found.where, found.ids, found.names, writer)

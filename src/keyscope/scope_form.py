@@ -23,6 +23,9 @@ _TOKEN = rb"[A-Za-z0-9!#$&+\-.^_`|~*']+"
 _PARAM = re.compile(rb";[ \t]*(" + _TOKEN + rb")[ \t]*=[ \t]*(\"[^\"\\\r\n]*\"|" + _TOKEN + rb")[ \t]*")
 _MEDIA_TYPE = re.compile(_TOKEN + rb"/" + _TOKEN)
 _HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r\n]*?)[ \t]*")
+# What takes a query out of plain_ids(): bytes outside visible ASCII, and `;`.
+_NOT_PLAIN = re.compile(rb"[^!-~]|;")
+_EXACT = {b"applicationId": "applicationId", b"entityId": "entityId"}
 
 
 class Uninspectable(Exception):
@@ -82,6 +85,42 @@ def parse_query(query: bytes, what: str = "query") -> Query:
         raw_name, eq, raw_value = piece.partition(b"=")
         params.append(Param(raw_name, raw_value if eq else None, _decode(raw_name), _decode(raw_value)))
     return params
+
+
+def plain_ids(query: bytes) -> dict[str, str] | None:
+    """The ids of a plain query, or None when parse_query() and id_fields() must read it.
+
+    Plain: visible ASCII without `;` or malformed escapes, every name without escapes, and every name that
+    a lenient backend could read as an id spelt exactly, once, with a UTF-8 value. Such names decode to
+    themselves (but `+`), so none can turn into an id name by decoding, dropping control characters,
+    trimming or folding: a name is an id name exactly when its bytes are, and a name merely containing one
+    (`applicationId[]`, `xApplicationID`) is left to the full reading, as is anything it would refuse.
+    """
+    if not query:
+        return {}
+    if _NOT_PLAIN.search(query) is not None or b"%" in query and _BAD_ESCAPE.search(query) is not None:
+        return None
+    lowered = query.lower()
+    if b"applicationid" not in lowered and b"entityid" not in lowered and b"%" not in query:
+        return {}
+    ids: dict[str, str] = {}
+    for piece in query.split(b"&"):
+        name, eq, value = piece.partition(b"=")
+        kind = _EXACT.get(name)
+        if kind is None:
+            if b"%" in name:
+                return None
+            lowered = name.lower()
+            if b"applicationid" in lowered or b"entityid" in lowered:
+                return None
+        elif not eq or kind in ids:
+            return None
+        else:
+            decoded = _decode(value)
+            if not decoded.isascii() and not _utf8(decoded):
+                return None
+            ids[kind] = decoded
+    return ids
 
 
 def _decode(raw: bytes) -> str:

@@ -58,26 +58,49 @@ def read(body: bytes) -> tuple[Any, list[Found]]:
     A Found's `where` is "" when it is not yet known: locating it takes a walk of the whole document, which
     the gateway skips when every object holding ids is at a declared location (see `find`).
     """
+    plain = read_plain(body)
+    if plain is not None:
+        return plain[0], unlocated(plain[1])
     text = _text(body)
     if not text.isascii() or "\\u" in text:
         return _walked(text, exact=False)
     lowered = text.lower()
     applications, entities = lowered.count("applicationid"), lowered.count("entityid")
-    shallow = text.count("{") + text.count("[") <= MAX_DEPTH  # so it cannot nest too deep
-    if not applications and not entities and shallow:
-        return _decode(text, _DECODER), []  # no key can name an id: nothing to walk
-    # Plain ASCII without escapes: if every spelling of an id name is the exact one, only exact keys count.
-    # (Quoted, so that a key such as " applicationId", which a trimming backend reads as the id, is not exact.)
     exact = text.count('"applicationId"') == applications and text.count('"entityId"') == entities
-    if not (exact and shallow):
-        return _walked(text, exact)
+    return _walked(text, exact)
+
+
+def read_plain(body: bytes) -> tuple[Any, list[dict[str, Any]]] | None:
+    """The document and its objects holding ids, for the common body; None when read() must take the long way.
+
+    Plain: ASCII without `\\u` escapes, at most MAX_DEPTH brackets (so it cannot nest too deep), and every
+    spelling of an id name in it the exact, quoted one, so that only exactly spelt keys can be ids (a key such
+    as " applicationId", which a trimming backend reads as the id, is not exact). Such a body is decoded by
+    the one decoder that also lists, while parsing, the objects with an exact id key, so finding them takes
+    no walk. Raises the same Refusal read() does; every listed id is a string or null.
+    """
+    if not body.isascii() or body.find(b"\\") >= 0 and b"\\u" in body:
+        return None
+    if body.count(b"{") + body.count(b"[") > MAX_DEPTH:
+        return None
+    lowered = body.lower()
+    applications, entities = lowered.count(b"applicationid"), lowered.count(b"entityid")
+    text = body.decode("ascii")
+    if not applications and not entities:
+        return _scan(text, _DECODER), []  # no key can name an id: nothing to list
+    if body.count(b'"applicationId"') != applications or body.count(b'"entityId"') != entities:
+        return None
     holders = _HOLDING.holders = []
     try:
-        doc = _decode(text, _HOLDING_DECODER)
+        doc = _scan(text, _HOLDING_DECODER)
     finally:
         _HOLDING.holders = None
-    found = _unlocated(holders)
-    return (doc, found) if found is not None else (doc, find(doc, exact))
+    for obj in holders:
+        application, entity = obj.get("applicationId"), obj.get("entityId")
+        if application is not None and type(application) is not str or entity is not None and type(entity) is not str:
+            find(doc, True)  # raises id_not_string, naming the first such place in document order
+            return None
+    return doc, holders
 
 
 def _walked(text: str, exact: bool) -> tuple[Any, list[Found]]:
@@ -107,17 +130,11 @@ def _holding_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _HOLDING_DECODER = json.JSONDecoder(object_pairs_hook=_holding_hook, parse_constant=_constant, parse_float=_float)
 
 
-def _unlocated(holders: list[dict[str, Any]]) -> list[Found] | None:
-    """Found entries without `where`; None when an id is not a string or null (find() names the place)."""
+def unlocated(holders: list[dict[str, Any]]) -> list[Found]:
+    """The objects read_plain() listed as Found entries without `where` (their ids are strings or null)."""
     found = []
     for obj in holders:
-        ids: dict[str, str | None] = {}
-        for kind in ("applicationId", "entityId"):
-            if kind in obj:
-                value = obj[kind]
-                if value is not None and type(value) is not str:
-                    return None
-                ids[kind] = value
+        ids = {kind: obj[kind] for kind in ("applicationId", "entityId") if kind in obj}
         found.append(Found("", obj, ids, {kind: kind for kind in ids}))
     return found
 
@@ -131,7 +148,24 @@ def _text(body: bytes) -> str:
         raise refuse(400, "invalid_utf8", None, "The JSON body is not valid UTF-8.") from None
 
 
-def _decode(text: str, decoder: json.JSONDecoder) -> Any:
+def _scan(text: str, decoder: json.JSONDecoder) -> Any:
+    """_decode() for a text without `\\u` escapes, calling the decoder's scanner itself when the document
+    starts at the first character and only whitespace follows it (as decode() would accept); anything else,
+    errors included, is left to _decode(), so that its refusals are the same."""
+    try:
+        doc, end = decoder.scan_once(text, 0)
+    except Refusal:
+        raise
+    except (StopIteration, ValueError):
+        doc, end = None, -1
+    if end == len(text) or end > 0 and not text[end:].strip(" \t\n\r"):
+        return doc
+    if _HOLDING.holders:
+        _HOLDING.holders.clear()  # listed by the attempt; _decode() lists them again
+    return _decode(text, decoder, escapes=False)
+
+
+def _decode(text: str, decoder: json.JSONDecoder, escapes: bool = True) -> Any:
     try:
         doc = decoder.decode(text)
     except Refusal:
@@ -143,7 +177,7 @@ def _decode(text: str, decoder: json.JSONDecoder) -> Any:
         raise refuse(400, reason, None, f"The JSON body is not valid JSON: {exc.msg} at {exc.pos}.") from None
     except ValueError as exc:
         raise refuse(400, "invalid_json", None, f"The JSON body is not valid JSON: {exc}.") from None
-    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and not _encodable(doc):
+    if escapes and "\\u" in text and _SURROGATE_ESCAPE.search(text) and not _encodable(doc):
         raise refuse(400, "lone_surrogate", None, "The JSON body escapes a lone UTF-16 surrogate.")
     return doc
 
@@ -305,3 +339,33 @@ def materialise(target: Target) -> dict[str, Any]:
             child = node[name] = {}
         node = child
     return node
+
+
+def declared(doc: Any, steps: tuple[JsonStep, ...]) -> list[dict[str, Any]] | None:
+    """The objects at a declared location when all of them are there (an absent array holds none); None when
+    resolve() must decide: an object to create, a null on the way, or a shape it refuses."""
+    if type(doc) is not dict:
+        return None
+    nodes: list[dict[str, Any]] = [doc]
+    position = 0
+    for step in steps:
+        following: list[dict[str, Any]] = []
+        for node in nodes:
+            child = node.get(step.name)
+            if child is None:
+                if not any(later.each for later in steps[position:]):
+                    return None
+            elif step.each:
+                if type(child) is not list:
+                    return None
+                for element in child:
+                    if type(element) is not dict:
+                        return None
+                following += child
+            elif type(child) is dict:
+                following.append(child)
+            else:
+                return None
+        nodes = following
+        position += 1
+    return nodes
