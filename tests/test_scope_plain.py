@@ -435,3 +435,14 @@ def test_entry_without_ids_agrees() -> None:
     for endpoint, query, body in ((SMS_LOGS, b"", b""), (SMS_ADVANCED, b"", b'{"messages":[{}]}'),
                                   (WHATSAPP_TEXT, b"", b""), (CREATE_CALL, b"", b"{}")):
         assert_agree(endpoint, k, query, JSON if body else None, None, body)
+
+
+def test_entry_is_the_keys_own_when_an_equal_key_was_seen_before() -> None:
+    """The per-link-set rules are cached by value; the entry reported must still be this key's object."""
+    body = {"messages": [{"applicationId": "app-a", "entityId": "ent-2"}]}
+    for _ in range(2):
+        k = key(("app-a", "ent-1"), ("app-a", "ent-2", "FILL"))
+        decision = scope.inspect(SMS_ADVANCED, k, query=b"", content_type=JSON, content_encoding=None,
+                                 body=json.dumps(body).encode())
+        assert decision.entry is k.platform[1]
+        assert decision.places[0].entry is k.platform[1]

@@ -305,12 +305,17 @@ def _plain_decision(
         for obj in holders:
             if not _agrees(obj, application, entity):
                 return None
-    applications = entities = _NO_IDS
-    if query_ids or holders:
-        named = [query_ids, *holders] if query_ids else holders
-        applications = frozenset([ids["applicationId"] for ids in named if ids.get("applicationId") is not None])
-        entities = frozenset([ids["entityId"] for ids in named if ids.get("entityId") is not None])
-    return Decision(query, body, False, entry, applications, entities, None)
+    if not query_ids and not holders:
+        return Decision(query, body, False, entry, _NO_IDS, _NO_IDS, None)
+    applications, entities = set(), set()
+    for ids in (query_ids, *holders) if query_ids else holders:
+        named = ids.get("applicationId")
+        if named is not None:
+            applications.add(named)
+        named = ids.get("entityId")
+        if named is not None:
+            entities.add(named)
+    return Decision(query, body, False, entry, frozenset(applications), frozenset(entities), None)
 
 
 def _holds(ids: dict[str, Any], application: str | None, entity: str | None) -> bool:
@@ -460,7 +465,11 @@ class _Check:
 
     def __init__(self, entries: tuple[PlatformEntry, ...], request: _Request) -> None:
         self.request = request
-        self.rules, self.action, self.action_ids = _rules(entries)
+        ids, action_at, self.action_ids = _rules(entries)
+        # The key's own entry objects, not the cached ones: an equal key loaded later is another object,
+        # and _entry_of() tells the entries that permitted each place apart by identity.
+        self.rules: list[Rule] = list(zip(entries, ids))
+        self.action = entries[action_at] if action_at is not None else None
 
     def run(self, locations: tuple[IdLocation, ...]) -> None:
         request = self.request
@@ -550,14 +559,14 @@ Rule = tuple[PlatformEntry, dict[str, str]]
 
 
 @lru_cache(maxsize=4096)
-def _rules(entries: tuple[PlatformEntry, ...]) -> tuple[list[Rule], PlatformEntry | None, dict[str, str]]:
-    """Each entry with the ids it sets, and the action entry with its ids: once per distinct key link set.
+def _rules(entries: tuple[PlatformEntry, ...]) -> tuple[tuple[dict[str, str], ...], int | None, dict[str, str]]:
+    """The ids each entry sets, and the action entry's position and ids: once per distinct key link set.
 
     Shared between requests: nothing may change them (they are read only).
     """
-    rules = [(entry, _ids_of(entry)) for entry in entries]
-    action = next((entry for entry in entries if entry.action), None)
-    return rules, action, _ids_of(action) if action is not None else {}
+    action_at = next((at for at, entry in enumerate(entries) if entry.action), None)
+    action_ids = _ids_of(entries[action_at]) if action_at is not None else {}
+    return tuple(_ids_of(entry) for entry in entries), action_at, action_ids
 
 
 def _ids_of(entry: PlatformEntry) -> dict[str, str]:

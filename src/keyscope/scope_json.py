@@ -88,7 +88,9 @@ def read_plain(body: bytes) -> tuple[Any, list[dict[str, Any]]] | None:
     text = body.decode("ascii")
     if not applications and not entities:
         return _scan(text, _DECODER), []  # no key can name an id: nothing to list
-    if body.count(b'"applicationId"') != applications or body.count(b'"entityId"') != entities:
+    if applications and body.count(b'"applicationId"') != applications:
+        return None
+    if entities and body.count(b'"entityId"') != entities:
         return None
     holders = _HOLDING.holders = []
     try:
@@ -122,7 +124,7 @@ def _holding_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         raise _duplicate(pairs)
-    if not _EXACT_NAMES.isdisjoint(obj):
+    if "applicationId" in obj or "entityId" in obj:
         _HOLDING.holders.append(obj)  # type: ignore[union-attr]
     return obj
 
