@@ -298,3 +298,60 @@ def test_canonical_paths_are_always_accepted(segments: list[bytes], trailing: bo
     path = b"/" + b"/".join(segments) + (b"/" if trailing else b"")
     assert reason(path) is None
     assert _normalise(path) == path
+
+
+# --- property: the fast path and the header map agree with the full check -----------------------------
+
+
+def _full(method: bytes | str, raw_path: bytes, query: bytes, headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The reference: every target rule, then the header scan, with no fast path."""
+    try:
+        canonical._check_target(method, raw_path, query)
+        canonical._check_headers(headers)
+    except Refusal as refusal:
+        return refusal.reason
+    return None
+
+
+_HEADER_NAMES = st.sampled_from([
+    b"host", b"Host", b"content-length", b"Content-Length", b"content_length", b"content-type", b"content-encoding",
+    b"transfer-encoding", b"Transfer_Encoding", b"authorization", b"Authorization", b"accept", b"x-forwarded-for",
+    b"x-http-method-override", b"X-HTTP-Method", b"x_method_override", b"x-original-url", b"x-rewrite-url",
+    b"x-original-uri", b"x-custom", b"X-Custom", b"x_custom", b"123", b"",
+])
+_HEADERS = st.lists(st.tuples(_HEADER_NAMES, st.sampled_from([b"1", b"a"])), max_size=6)
+_TARGET_BYTES = st.lists(st.sampled_from([b"/", b"a", b".", b"..", b"%2e", b"%41", b"%20", b"%c3%a9", b"%", b";",
+                                          b"\\", b"#", b" ", b"\x7f", b"\xc3", b"~", b"-", b"_", b"=", b"&", b"%2F"]),
+                         max_size=12).map(b"".join)
+_METHODS = st.sampled_from(["GET", "POST", b"PUT", "get", "PROPFIND", "", b"DELETE", "M\u00e9"])
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@given(_METHODS, _TARGET_BYTES.map(lambda path: b"/" + path), _TARGET_BYTES, _HEADERS)
+def test_fast_path_refuses_exactly_what_the_full_check_refuses(
+    method: bytes | str, raw_path: bytes, query: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    try:
+        expected = _full(method, raw_path, query, headers)
+    except UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            canonical.check(method, raw_path, query, headers)
+        return
+    assert reason(raw_path, query, headers, method) == expected
+
+
+@settings(max_examples=1000)
+@given(_HEADERS)
+def test_header_map_only_for_names_that_need_no_scan(headers: list[tuple[bytes, bytes]]) -> None:
+    found = canonical.header_map(headers)
+    names = [name for name, _ in headers]
+    if found is None:
+        assert len(set(names)) < len(names) or any(name.lower() != name or b"_" in name for name in names) or (
+            not b"".join(names).islower()
+        )
+        return
+    assert found == dict(headers)
+    assert len(set(names)) == len(names)
+    assert all(name.lower() == name and b"_" not in name for name in names)
+    if _full("GET", b"/a", b"", headers) is None:
+        assert canonical.check("GET", b"/a", b"", headers) == found
