@@ -12,7 +12,11 @@ from typing import Any
 import anyio
 import pytest
 
-from keyscope.auth import KeyAuthenticator
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keyscope import canonical
+from keyscope.auth import MAX_SECRET, KeyAuthenticator, app_secret
 from keyscope.errors import Refusal
 from keyscope.keys import display_prefix, hash_secret, new_key_id, new_secret
 from keyscope.models import ApiKey, KeyUpdate, PlatformEntry
@@ -108,6 +112,68 @@ async def test_malformed_headers(store: CountingStore, headers: tuple[tuple[str,
     auth = KeyAuthenticator(store)
     request = scope(*((name, value.replace("SECRET", secret)) for name, value in headers))
     assert await refused(auth, request) == reason
+    # the same with step 1's header map, as the gateway and the middleware call it
+    found = canonical.header_map(request["headers"])
+    with pytest.raises(Refusal) as caught:
+        await auth.authenticate(request, found)
+    assert caught.value.reason == reason
+    if reason != "unknown_key":  # refused before any lookup, so by cached() too
+        with pytest.raises(Refusal) as caught:
+            auth.cached(request, found)
+        assert caught.value.reason == reason
+
+
+def _reference_secret(value: bytes) -> bytes | str:
+    """app_secret()'s rules spelt out without its fast path: the secret, or the refusal's reason."""
+    scheme, space, credentials = value.strip(b" \t").partition(b" ")
+    if not space or not scheme or not credentials:
+        return "malformed_authorization"
+    if scheme.lower() != b"app":
+        return "unsupported_scheme"
+    if len(credentials) > MAX_SECRET or any(not 0x21 <= byte <= 0x7E for byte in credentials):
+        return "malformed_authorization"
+    return credentials
+
+
+_CREDENTIAL_PARTS = st.sampled_from([
+    b"App", b"app", b"APP", b"aPp", b"Bearer", b"Apps", b" ", b"  ", b"\t", b"-", b"abc123", b"0" * 250,
+    b"\x00", b"\x7f", b"\xc3\xa9", b"\r", b"~", b'"', b"=",
+])
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_CREDENTIAL_PARTS, max_size=8).map(b"".join))
+def test_app_secret_accepts_exactly_the_reference(value: bytes) -> None:
+    request = {"type": "http", "headers": [(b"authorization", value)]}
+    expected = _reference_secret(value)
+    for found in (None, canonical.header_map(request["headers"])):
+        try:
+            got: bytes | str = app_secret(request, found)
+        except Refusal as refusal:
+            got = refusal.reason
+        assert got == expected
+
+
+async def test_cached_answers_only_from_the_caches(store: CountingStore) -> None:
+    key, secret = await add_key(store)
+    auth = KeyAuthenticator(store, negative_ttl=60)
+    request = with_key(secret)
+    found = canonical.header_map(request["headers"])
+    assert auth.cached(request, found) is None  # not looked up yet: the caller awaits authenticate()
+    assert store.lookups == 0
+    assert (await auth.authenticate(request, found)).id == key.id
+    hit = auth.cached(request, found)
+    assert hit is not None and hit.id == key.id
+    assert auth.cached(request) is hit  # the same record, with or without the header map
+    unknown = with_key(new_secret())
+    assert auth.cached(unknown) is None
+    assert await refused(auth, unknown) == "unknown_key"
+    with pytest.raises(Refusal) as caught:
+        auth.cached(unknown)  # now known to be unknown
+    assert caught.value.reason == "unknown_key"
+    assert store.lookups == 2
+    auth.invalidate()
+    assert auth.cached(request, found) is None and auth.cached(unknown) is None
 
 
 async def test_non_ascii_credentials_are_malformed(store: CountingStore) -> None:

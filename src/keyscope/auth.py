@@ -9,17 +9,18 @@ Secrets never leave this module except as their hash.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import anyio
-from cachetools import TTLCache
 
+from .canonical import HeaderMap
 from .errors import Refusal
-from .keys import hash_secret
 from .models import ApiKey
 from .store.base import Store
 from .types import Scope
@@ -28,6 +29,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_SECRET = 512
+
+_T = TypeVar("_T")
+_sha256 = hashlib.sha256  # keys.hash_secret() for bytes, without its str check
+_monotonic = time.monotonic
+_time = time.time
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +60,21 @@ def _refuse(reason: str, detail: str) -> Refusal:
     return Refusal(401, reason=reason, step="auth", detail=detail)
 
 
-def authorization_header(scope: Scope) -> bytes:
-    """The single Authorization header's value; none or several are refused (several are ambiguous)."""
-    found: bytes | None = None
-    for name, value in scope["headers"]:
-        if len(name) == 13 and name.lower() == b"authorization":
-            if found is not None:
-                raise _refuse("duplicate_authorization", "more than one Authorization header")
-            found = value
+def authorization_header(scope: Scope, headers: HeaderMap | None = None) -> bytes:
+    """The single Authorization header's value; none or several are refused (several are ambiguous).
+
+    `headers` is step 1's `canonical.header_map()` of the same request, when it made one: with every name
+    in lower case and sent once, the header is one lookup away.
+    """
+    if headers is not None:
+        found = headers.get(b"authorization")
+    else:
+        found = None
+        for name, value in scope["headers"]:
+            if len(name) == 13 and name.lower() == b"authorization":
+                if found is not None:
+                    raise _refuse("duplicate_authorization", "more than one Authorization header")
+                found = value
     if found is None:
         raise _refuse("missing_credentials", "no Authorization header")
     return found
@@ -76,15 +89,21 @@ def split_credentials(value: bytes) -> tuple[bytes, bytes]:
 
 
 _VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]*")
+# Exactly what app_secret() accepts below, in one match: the common case.
+_APP_SECRET = re.compile(rb"[ \t]*[Aa][Pp][Pp] ([\x21-\x7e]{1,%d})[ \t]*" % MAX_SECRET)
 
 
 def _visible_ascii(data: bytes) -> bool:
     return _VISIBLE_ASCII.fullmatch(data) is not None
 
 
-def app_secret(scope: Scope) -> bytes:
+def app_secret(scope: Scope, headers: HeaderMap | None = None) -> bytes:
     """The API key sent as `Authorization: App <secret>` (scheme case-insensitive)."""
-    scheme, secret = split_credentials(authorization_header(scope))
+    value = authorization_header(scope, headers)
+    plain = _APP_SECRET.fullmatch(value)
+    if plain is not None:
+        return plain[1]
+    scheme, secret = split_credentials(value)
     if scheme != b"app":
         raise _refuse("unsupported_scheme", "use 'Authorization: App <API key>'")
     if len(secret) > MAX_SECRET or not _visible_ascii(secret):
@@ -113,28 +132,48 @@ class KeyAuthenticator:
         # secret hash -> (key, monotonic deadline): a plain dict, so a hit costs one lookup (a TTLCache hit costs
         # several Python calls); the oldest entries go first when it is full.
         self._keys: dict[bytes, tuple[_Cached, float]] = {}
-        self._unknown: TTLCache[bytes, bool] = TTLCache(maxsize=negative_maxsize, ttl=negative_ttl)
+        # unknown secret hash -> monotonic deadline, the same way, in its own dict
+        self._unknown: dict[bytes, float] = {}
+        self._negative_ttl = negative_ttl
+        self._negative_maxsize = negative_maxsize
         self._hash_by_id: dict[str, bytes] = {}
         self._inflight: dict[bytes, _Lookup] = {}
         self._generation = 0
         self._trusted = parse_networks(trusted_proxies)
 
-    async def authenticate(self, scope: Scope) -> ApiKey:
-        """The calling key, or Refusal(401). StoreUnavailable propagates: the caller answers 503."""
-        secret_hash = hash_secret(app_secret(scope))
+    async def authenticate(self, scope: Scope, headers: HeaderMap | None = None) -> ApiKey:
+        """The calling key, or Refusal(401). StoreUnavailable propagates: the caller answers 503.
+
+        `headers`: step 1's `canonical.header_map()` of this request, if it made one."""
+        secret_hash = _sha256(app_secret(scope, headers)).digest()
         found = self._keys.get(secret_hash)
-        if found is not None and found[1] > time.monotonic():
-            cached: _Cached | None = found[0]
-        else:
-            if secret_hash in self._unknown:
-                raise _refuse("unknown_key", "the API key is not known")
-            cached = await self._lookup(secret_hash)
-            if cached is None:
-                raise _refuse("unknown_key", "the API key is not known")
+        if found is not None and found[1] > _monotonic():
+            return self._admit(found[0], scope)
+        if self._unknown.get(secret_hash, 0.0) > _monotonic():
+            raise _refuse("unknown_key", "the API key is not known")
+        cached = await self._lookup(secret_hash)
+        if cached is None:
+            raise _refuse("unknown_key", "the API key is not known")
+        return self._admit(cached, scope)
+
+    def cached(self, scope: Scope, headers: HeaderMap | None = None) -> ApiKey | None:
+        """`authenticate()` without a coroutine when the answer is cached, as it is for nearly every request:
+        the key, or Refusal(401); None when the store must be asked (then call authenticate())."""
+        value = headers.get(b"authorization") if headers is not None else None
+        plain = None if value is None else _APP_SECRET.fullmatch(value)  # app_secret()'s common case, inline
+        secret_hash = _sha256(app_secret(scope, headers) if plain is None else plain[1]).digest()
+        found = self._keys.get(secret_hash)
+        if found is not None and found[1] > _monotonic():
+            return self._admit(found[0], scope)
+        if self._unknown.get(secret_hash, 0.0) > _monotonic():
+            raise _refuse("unknown_key", "the API key is not known")
+        return None
+
+    def _admit(self, cached: _Cached, scope: Scope) -> ApiKey:
         key = cached.key
         if not key.enabled:
             raise _refuse("key_disabled", "the API key is disabled")
-        now = time.time()
+        now = _time()
         if now < cached.valid_from:
             raise _refuse("key_not_yet_valid", "the API key is not valid yet")
         if now >= cached.valid_to:
@@ -207,18 +246,21 @@ class KeyAuthenticator:
         cached = None if key is None else _prepare(key)
         if generation == self._generation:  # an invalidate() while we waited makes this answer stale
             if cached is None:
-                self._unknown[secret_hash] = True
+                _remember(self._unknown, secret_hash, _monotonic() + self._negative_ttl, self._negative_maxsize)
             else:
                 self._remember(secret_hash, cached)
                 self._hash_by_id[cached.key.id] = secret_hash
         return cached
 
     def _remember(self, secret_hash: bytes, cached: _Cached) -> None:
-        keys = self._keys
-        keys.pop(secret_hash, None)  # re-inserted at the end: the oldest entries come first
-        while keys and len(keys) >= self._maxsize:
-            del keys[next(iter(keys))]
-        keys[secret_hash] = (cached, time.monotonic() + self._ttl)
+        _remember(self._keys, secret_hash, (cached, _monotonic() + self._ttl), self._maxsize)
+
+
+def _remember(cache: dict[bytes, _T], secret_hash: bytes, value: _T, maxsize: int) -> None:
+    cache.pop(secret_hash, None)  # re-inserted at the end: the oldest entries come first
+    while cache and len(cache) >= maxsize:
+        del cache[next(iter(cache))]
+    cache[secret_hash] = value
 
 
 def _prepare(key: ApiKey) -> _Cached:
