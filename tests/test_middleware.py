@@ -4,6 +4,7 @@ store whose keys are made through the real management API (in-process)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -209,3 +210,56 @@ def test_websockets_are_closed(client: TestClient) -> None:
     with pytest.raises(WebSocketDisconnect):
         with client.websocket_connect("/sms/1/logs"):
             pass
+
+
+def test_access_line_for_each_request_when_the_logger_is_on(
+    client: TestClient, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="keyscope.access"):
+        assert client.get("/sms/1/logs?applicationId=app-a", headers=auth(keys.linked)).status_code == 200
+        assert client.get("/sms/1/logs?applicationId=app-b", headers=auth(keys.linked)).status_code == 403
+        assert client.get("/sms/1/logs?applicationId=app-a").status_code == 401
+    lines = [json.loads(record.getMessage()) for record in caplog.records if record.name == "keyscope.access"]
+    forwarded, refused, unknown = lines[-3:]
+    assert forwarded["decision"] == "forwarded" and forwarded["status"] == 200 and forwarded["upstream"] == 200
+    assert forwarded["key"] == keys.linked_id and forwarded["function"] == "Get outbound SMS message logs"
+    assert refused["decision"] == "refused" and refused["status"] == 403 and refused["step"] == "scope"
+    assert unknown["reason"] == "missing_credentials" and unknown["key"] is None and unknown["upstream"] is None
+
+
+def test_the_servers_state_is_kept_beside_the_principal(store_file: tuple[str, Keys]) -> None:
+    url, secrets = store_file
+    seen: dict[str, Any] = {}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.update(scope["state"])
+        seen["query"] = scope["query_string"]
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    middleware = KeyScopeMiddleware(app, store=url)
+    scope = {
+        "type": "http", "method": "GET", "path": "/sms/1/logs", "raw_path": b"/sms/1/logs",
+        "query_string": b"applicationId=app-a", "headers": [(b"authorization", f"App {secrets.primary}".encode())],
+        "client": ("127.0.0.1", 1), "state": {"from_lifespan": 1},
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def run() -> None:
+        try:
+            await middleware(scope, receive, send)
+            await middleware(scope, receive, send)  # the principal, made once, serves the next request too
+        finally:
+            await middleware.close()
+
+    asyncio.run(run())
+    assert [message.get("status") for message in sent] == [204, None, 204, None]
+    assert seen["from_lifespan"] == 1 and seen["keyscope"].name == "primary"
+    assert seen["query"] == b"applicationId=app-a"
+    assert scope["state"] == {"from_lifespan": 1}  # the server's own scope is left as it was

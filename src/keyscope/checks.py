@@ -19,6 +19,7 @@ from . import accesslog, canonical, matcher
 from . import scope as scoping
 from .auth import KeyAuthenticator
 from .endpoints import Endpoint
+from .canonical import HeaderMap
 from .errors import JSON_HEADERS, Family, Refusal, refusal_body
 from .models import ApiKey, PlatformEntry
 from .store.base import Store, StoreUnavailable
@@ -28,6 +29,9 @@ from .watch import ChangeWatcher
 logger = logging.getLogger("keyscope.gateway")
 
 USAGE_FLUSH_SECONDS = 60.0
+
+_monotonic = time.monotonic
+_time = time.time
 
 
 class ClientGone(Exception):
@@ -95,27 +99,45 @@ class Admission:
         scope: Scope,
         decision: str,
         status: int,
-        *,
         refusal: Refusal | None = None,
         upstream: int | None = None,
     ) -> None:
         """Step 8: the request's access line, from what the checks decided."""
-        accesslog.record(
-            started=started,
-            method=scope["method"],
-            path=scope["raw_path"],
-            decision=decision,
-            status=status,
-            key_id=self.key_id,
-            function=self.function,
-            reason=refusal.reason if refusal is not None else None,
-            step=refusal.step if refusal is not None else None,
-            upstream_status=upstream,
+        key, endpoint = self.key, self.endpoint
+        accesslog.write(
+            started,
+            scope["method"],
+            scope["raw_path"],
+            decision,
+            status,
+            None if key is None else key.id,
+            None if endpoint is None else endpoint.function,
+            None if refusal is None else refusal.reason,
+            None if refusal is None else refusal.step,
+            upstream,
         )
 
     def principal(self) -> Principal:
-        assert self.key is not None
-        return Principal(self.key.id, self.key.name, self.key.is_primary, self.effective_entry(), self.endpoint)
+        """The caller for the wrapped app; one Principal per (key record, entry, endpoint), made once."""
+        key, endpoint = self.key, self.endpoint
+        assert key is not None
+        entry = self.effective_entry()
+        ident = (id(key), id(entry), id(endpoint))
+        known = _PRINCIPALS.get(ident)
+        # the cache holds the objects themselves, so an id in it cannot have been reused by another object
+        if known is not None and known[0] is key and known[1] is entry and known[2] is endpoint:
+            return known[3]
+        principal = Principal(key.id, key.name, key.is_primary, entry, endpoint)
+        if len(_PRINCIPALS) >= _PRINCIPALS_MAX:
+            _PRINCIPALS.clear()
+        _PRINCIPALS[ident] = (key, entry, endpoint, principal)
+        return principal
+
+
+_PRINCIPALS: dict[
+    tuple[int, int, int], tuple[ApiKey, PlatformEntry | None, Endpoint | None, Principal]
+] = {}  # frozen, so one instance serves every request of the same caller (a frozen dataclass is slow to make)
+_PRINCIPALS_MAX = 1024
 
 
 class Checks:
@@ -136,30 +158,46 @@ class Checks:
         self.usage = UsageRecorder(store)
         self.watcher = ChangeWatcher(store, self.changed)
 
-    def target(self, scope: Scope) -> None:
-        """Step 1, for every caller: the raw target and framing headers must already be canonical."""
-        canonical.check(scope["method"], scope["raw_path"], scope["query_string"], scope["headers"])
+    def target(self, scope: Scope) -> HeaderMap | None:
+        """Step 1, for every caller: the raw target and framing headers must already be canonical.
 
-    async def admit(self, scope: Scope, receive: Receive, admission: Admission) -> None:
-        """Steps 2-5; raises Refusal, or ClientGone if the client left while sending its body."""
-        method: str = scope["method"]
-        found = self.matcher.match(method, scope["raw_path"])
+        Returns `canonical.header_map()` of the request's headers, for `admit()`."""
+        return canonical.check(scope["method"], scope["raw_path"], scope["query_string"], scope["headers"])
+
+    async def admit(
+        self, scope: Scope, receive: Receive, admission: Admission, headers: HeaderMap | None = None
+    ) -> None:
+        """Steps 2-5; raises Refusal, or ClientGone if the client left while sending its body.
+
+        `headers` is what `target()` returned for this request; without it admit() makes it again. The common
+        case awaits nothing but the body: cached key, ids known to exist, no store round trip due."""
+        if headers is None:
+            headers = canonical.header_map(scope["headers"])
+        found = self.matcher.match(scope["method"], scope["raw_path"])
         if found:
             admission.endpoint = found.endpoint
         # 2. authentication, after hearing of changes other workers or instances made
-        await self.watcher.tick()
+        if self.watcher.due():
+            await self.watcher.tick()
+        authenticator = self.authenticator
         try:
-            key = await self.authenticator.authenticate(scope)
+            key = authenticator.cached(scope, headers) or await authenticator.authenticate(scope, headers)
         except StoreUnavailable:
             raise Refusal(503, reason="store_unavailable", step="auth", detail="the key store is unavailable")
         admission.key = key
         self.usage.touch(key.id)
         # 3./4. primary keys may call any path; linked keys only the allowlist
-        if not key.is_primary and not found:
+        if not found and key.platform:  # key.platform: not key.is_primary, without the property call
             if found is matcher.NOT_FOUND:
                 raise Refusal(403, reason="not_allowlisted", step="allowlist", detail="path is not allowlisted")
             raise Refusal(403, reason="method_not_allowed", step="allowlist", detail="method is not allowlisted")
-        content_type, content_encoding, content_length = _body_headers(scope["headers"])
+        if headers is not None:
+            content_type = headers.get(b"content-type")
+            content_encoding = headers.get(b"content-encoding")
+            length = headers.get(b"content-length")
+            content_length = int(length) if length is not None and length.isdigit() else None
+        else:
+            content_type, content_encoding, content_length = _body_headers(scope["headers"])
         body = None
         if scoping.needs_body(admission.endpoint, key, content_type, content_encoding):
             body = await read_body(receive, content_length, self.max_body_size)
@@ -176,8 +214,9 @@ class Checks:
         admission.body = decision.body if body is not None else None
         admission.changed = decision.changed
         # 5. every id must name an existing application or entity
-        if decision.application_ids or decision.entity_ids:
-            await self.known_ids.check(decision.application_ids, decision.entity_ids)
+        application_ids, entity_ids = decision.application_ids, decision.entity_ids
+        if (application_ids or entity_ids) and not self.known_ids.known(application_ids, entity_ids):
+            await self.known_ids.check(application_ids, entity_ids)
 
     def changed(self) -> None:
         """Keys or ids may have changed (here, in another worker or another instance): drop what is cached."""
@@ -215,8 +254,16 @@ async def read_body(receive: Receive, declared: int | None, limit: int) -> bytes
     """
     if declared is not None and declared > limit:
         raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientGone
+    chunk = message.get("body") or b""
+    if len(chunk) > limit:
+        raise _too_large(limit)
+    if not message.get("more_body", False):
+        return chunk  # the whole body in one message, as servers send a small one
+    chunks = [chunk] if chunk else []
+    size = len(chunk)
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -250,6 +297,19 @@ class KnownIds:
         self.maxsize = maxsize
         self._applications: dict[str, float] = {}
         self._entities: dict[str, float] = {}
+
+    def known(self, application_ids: Iterable[str], entity_ids: Iterable[str]) -> bool:
+        """Whether every id is known to exist: check() would return at once (without a coroutine)."""
+        now = _monotonic()
+        known_apps = self._applications
+        for ident in application_ids:
+            if known_apps.get(ident, 0.0) <= now:
+                return False
+        known_entities = self._entities
+        for ident in entity_ids:
+            if known_entities.get(ident, 0.0) <= now:
+                return False
+        return True
 
     async def check(self, application_ids: Iterable[str], entity_ids: Iterable[str]) -> None:
         now = time.monotonic()
@@ -302,7 +362,7 @@ class UsageRecorder:
         self._writing: asyncio.Task[None] | None = None
 
     def touch(self, key_id: str) -> None:
-        now = time.time()
+        now = _time()
         self._pending[key_id] = now
         if now >= self._next and self._writing is None:
             self._next = now + self.interval
@@ -337,13 +397,14 @@ def refusal_headers(status: int, length: int) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-_ANSWERS: dict[tuple[Refusal, Family], tuple[tuple[tuple[bytes, bytes], ...], bytes]] = {}
+_ANSWERS: dict[tuple[int, str, str, str | None, str, Family], tuple[tuple[tuple[bytes, bytes], ...], bytes]] = {}
 _ANSWERS_MAX = 1024
 
 
 def _answer(refusal: Refusal, family: Family) -> tuple[tuple[tuple[bytes, bytes], ...], bytes]:
     """A refusal's headers and body, encoded once per distinct refusal (an attacker repeats his)."""
-    key = (refusal, family)
+    # The fields as a tuple: hashing and comparing it is C code, the dataclass's __hash__/__eq__ are not.
+    key = (refusal.status, refusal.reason, refusal.step, refusal.field, refusal.detail, family)
     answer = _ANSWERS.get(key)
     if answer is None:
         payload = refusal_body(refusal, family)

@@ -29,6 +29,7 @@ from .types import Message, Receive, Scope, Send
 
 logger = logging.getLogger("keyscope.gateway")
 
+_perf_counter = time.perf_counter
 _PROVISIONING = b"/provisioning/1"
 _API_KEYS = b"/settings/2/api-keys"
 
@@ -95,27 +96,27 @@ class Gateway:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            await self.handle(scope, receive, send)
-        elif scope["type"] == "lifespan":
-            await self.lifespan(receive, send)
-        elif scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
+        # An HTTP request is handled right here, not in a method of its own: one coroutine less per request.
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self.lifespan(receive, send)
+            elif scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        started = _perf_counter()
         admission = Admission()
+        checks = self.checks
         try:
-            self.checks.target(scope)
+            headers = checks.target(scope)
             if is_management(scope["raw_path"]):
-                await self.checks.watcher.tick()  # API keys may call these too: hear of revocations first
+                await checks.watcher.tick()  # API keys may call these too: hear of revocations first
                 status = await self._manage(scope, receive, send)
                 admission.log(started, scope, accesslog.MANAGEMENT, status)
                 return
-            await self.checks.admit(scope, receive, admission)
+            await checks.admit(scope, receive, admission, headers)
         except Refusal as refusal:
             await refuse(send, refusal, admission.family)
-            admission.log(started, scope, accesslog.REFUSED, refusal.status, refusal=refusal)
+            admission.log(started, scope, accesslog.REFUSED, refusal.status, refusal)
             return
         except ClientGone:
             admission.log(started, scope, accesslog.FAILED, accesslog.CLIENT_GONE)
@@ -130,7 +131,7 @@ class Gateway:
             family=admission.family,
         )
         decision = accesslog.FORWARDED if upstream_status is not None else accesslog.FAILED
-        admission.log(started, scope, decision, status, upstream=upstream_status)
+        admission.log(started, scope, decision, status, None, upstream_status)
 
     async def _manage(self, scope: Scope, receive: Receive, send: Send) -> int:
         status = 0

@@ -30,6 +30,8 @@ from .errors import Refusal
 from .store import Store, store_from_url
 from .types import ASGIApp, Message, Receive, Scope, Send
 
+_perf_counter = time.perf_counter
+
 
 class KeyScopeMiddleware:
     def __init__(
@@ -61,38 +63,34 @@ class KeyScopeMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            await self.handle(scope, receive, send)
-        elif scope["type"] == "lifespan":
-            await self.app(scope, self._lifespan_receive(receive), send)
-        elif scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
-        else:
-            await self.app(scope, receive, send)
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
+        # An HTTP request is handled right here, not in a method of its own: one coroutine less per request.
+        if scope["type"] != "http":
+            await self._other(scope, receive, send)
+            return
+        started = _perf_counter()
         if not scope.get("raw_path"):
             raise RuntimeError("KeyScopeMiddleware needs an ASGI server that provides scope['raw_path']")
         admission = Admission()
+        checks = self.checks
         try:
             if not self._ready:
                 await self._open()
-            self.checks.target(scope)
-            await self.checks.admit(scope, receive, admission)
+            await checks.admit(scope, receive, admission, checks.target(scope))
         except Refusal as refusal:
             await refuse(send, refusal, admission.family)
-            admission.log(started, scope, accesslog.REFUSED, refusal.status, refusal=refusal)
+            admission.log(started, scope, accesslog.REFUSED, refusal.status, refusal)
             return
         except ClientGone:
             admission.log(started, scope, accesslog.FAILED, accesslog.CLIENT_GONE)
             return
 
+        state = scope.get("state")
         scope = dict(scope)
         scope["query_string"] = admission.query
-        scope["state"] = {**(scope.get("state") or {}), "keyscope": admission.principal()}
-        if admission.body is not None:
-            body = admission.body
+        principal = admission.principal()
+        scope["state"] = {**state, "keyscope": principal} if state else {"keyscope": principal}
+        body = admission.body
+        if body is not None:
             if admission.changed:
                 scope["headers"] = [
                     (name, value) for name, value in scope["headers"]
@@ -113,7 +111,15 @@ class KeyScopeMiddleware:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            admission.log(started, scope, accesslog.FORWARDED, status or 500, upstream=status or 500)
+            admission.log(started, scope, accesslog.FORWARDED, status or 500, None, status or 500)
+
+    async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, self._lifespan_receive(receive), send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+        else:
+            await self.app(scope, receive, send)
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:

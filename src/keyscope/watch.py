@@ -96,6 +96,10 @@ class ChangeWatcher:
         if listener is not None:
             await listener.close()
 
+    def due(self) -> bool:
+        """Whether tick() would read the store now: the request path awaits it only then (one clock read)."""
+        return not self.pushed and time.monotonic() >= self._next_poll
+
     async def tick(self) -> None:
         """Called on every request, before the key lookup; a store round trip at most every `interval`."""
         if self.pushed:
