@@ -29,6 +29,10 @@ the metrics `filterBy.platforms[]`, is no place. `ids: none` endpoints have no d
 Rewriting. A JSON body FILL/FORCE changed is re-serialised compactly, key order kept, numbers as Python
 writes them (exact for every double); an unchanged request keeps its original bytes (the same objects).
 
+Cost. Most requests are plain (ASCII, ids spelt exactly where declared, a key with one entry) and already
+permitted as they stand: inspect() decides those without building places, with one parse of the body, and
+hands anything else, parse included, to the full reading above (see `inspect`).
+
 Reasons: 400 semicolon, bad_escape, duplicate_id, id_array, invalid_utf8, id_not_string, duplicate_key,
 non_finite_number, number_out_of_range, bom, trailing_data, invalid_json, too_deep, lone_surrogate,
 bad_multipart, bad_location (a declared location holds a non-object), id_name_case; 403 not_allowlisted
