@@ -14,12 +14,13 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http import HTTPStatus
 
 from . import accesslog, canonical, matcher
 from . import scope as scoping
 from .auth import KeyAuthenticator
-from .endpoints import Endpoint
 from .canonical import HeaderMap
+from .endpoints import Endpoint
 from .errors import JSON_HEADERS, Family, Refusal, refusal_body
 from .models import ApiKey, PlatformEntry
 from .store.base import Store, StoreUnavailable
@@ -173,9 +174,7 @@ class Checks:
         case awaits nothing but the body: cached key, ids known to exist, no store round trip due."""
         if headers is None:
             headers = canonical.header_map(scope["headers"])
-        found = self.matcher.match(scope["method"], scope["raw_path"])
-        if found:
-            admission.endpoint = found.endpoint
+        found = self._match(scope, admission)
         # 2. authentication, after hearing of changes other workers or instances made
         if self.watcher.due():
             await self.watcher.tick()
@@ -184,23 +183,69 @@ class Checks:
             key = authenticator.cached(scope, headers) or await authenticator.authenticate(scope, headers)
         except StoreUnavailable:
             raise Refusal(503, reason="store_unavailable", step="auth", detail="the key store is unavailable")
+        self._allow(found, key, admission)
+        content_type, content_encoding, content_length = _body_headers(scope, headers)
+        body = None
+        if scoping.needs_body(admission.endpoint, key, content_type, content_encoding):
+            body = await read_body(receive, content_length, self.max_body_size)
+        application_ids, entity_ids = self._inspect(scope, key, content_type, content_encoding, body, admission)
+        # 5. every id must name an existing application or entity
+        if (application_ids or entity_ids) and not self.known_ids.known(application_ids, entity_ids):
+            await self.known_ids.check(application_ids, entity_ids)
+
+    def decide(self, scope: Scope, body: bytes, admission: Admission, headers: HeaderMap | None) -> bool:
+        """Steps 2-5 for a request whose whole body is already here, when they need no waiting.
+
+        True: admitted (the body is in `admission.body` whether or not it was inspected); a refusal raises.
+        False: something must be waited for (changes to hear of, a key or ids to look up in the store): run
+        admit() on a fresh Admission. The same steps as admit(), in the same order, each where it would await
+        returning False instead."""
+        if headers is None:
+            headers = canonical.header_map(scope["headers"])
+        found = self._match(scope, admission)
+        if self.watcher.due():
+            return False
+        key = self.authenticator.cached(scope, headers)
+        if key is None:
+            return False
+        self._allow(found, key, admission)
+        content_type, content_encoding, content_length = _body_headers(scope, headers)
+        inspected = None
+        if scoping.needs_body(admission.endpoint, key, content_type, content_encoding):
+            limit = self.max_body_size
+            if (content_length is not None and content_length > limit) or len(body) > limit:
+                raise _too_large(limit)
+            inspected = body
+        application_ids, entity_ids = self._inspect(scope, key, content_type, content_encoding, inspected, admission)
+        if inspected is None:
+            admission.body = body  # read by the server already: forwarded as it came
+        return not (application_ids or entity_ids) or self.known_ids.known(application_ids, entity_ids)
+
+    def _match(self, scope: Scope, admission: Admission) -> matcher.Result:
+        found = self.matcher.match(scope["method"], scope["raw_path"])
+        if found:
+            admission.endpoint = found.endpoint
+        return found
+
+    def _allow(self, found: matcher.Result, key: ApiKey, admission: Admission) -> None:
+        """3./4. primary keys may call any path; linked keys only the allowlist."""
         admission.key = key
         self.usage.touch(key.id)
-        # 3./4. primary keys may call any path; linked keys only the allowlist
         if not found and key.platform:  # key.platform: not key.is_primary, without the property call
             if found is matcher.NOT_FOUND:
                 raise Refusal(403, reason="not_allowlisted", step="allowlist", detail="path is not allowlisted")
             raise Refusal(403, reason="method_not_allowed", step="allowlist", detail="method is not allowlisted")
-        if headers is not None:
-            content_type = headers.get(b"content-type")
-            content_encoding = headers.get(b"content-encoding")
-            length = headers.get(b"content-length")
-            content_length = int(length) if length is not None and length.isdigit() else None
-        else:
-            content_type, content_encoding, content_length = _body_headers(scope["headers"])
-        body = None
-        if scoping.needs_body(admission.endpoint, key, content_type, content_encoding):
-            body = await read_body(receive, content_length, self.max_body_size)
+
+    @staticmethod
+    def _inspect(
+        scope: Scope,
+        key: ApiKey,
+        content_type: bytes | None,
+        content_encoding: bytes | None,
+        body: bytes | None,
+        admission: Admission,
+    ) -> tuple[Iterable[str], Iterable[str]]:
+        """4. the ids the request names, checked (FILL/FORCE applied); the ids, for step 5."""
         decision = scoping.inspect(
             admission.endpoint,
             key,
@@ -213,10 +258,7 @@ class Checks:
         admission.query = decision.query
         admission.body = decision.body if body is not None else None
         admission.changed = decision.changed
-        # 5. every id must name an existing application or entity
-        application_ids, entity_ids = decision.application_ids, decision.entity_ids
-        if (application_ids or entity_ids) and not self.known_ids.known(application_ids, entity_ids):
-            await self.known_ids.check(application_ids, entity_ids)
+        return decision.application_ids, decision.entity_ids
 
     def changed(self) -> None:
         """Keys or ids may have changed (here, in another worker or another instance): drop what is cached."""
@@ -232,11 +274,18 @@ class Checks:
         await self.usage.close()
 
 
-def _body_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None, int | None]:
+def _body_headers(scope: Scope, headers: HeaderMap | None) -> tuple[bytes | None, bytes | None, int | None]:
     """Content-Type, Content-Encoding and the declared length (step 1 already refused duplicates)."""
+    if headers is not None:
+        length = headers.get(b"content-length")
+        return (
+            headers.get(b"content-type"),
+            headers.get(b"content-encoding"),
+            int(length) if length is not None and length.isdigit() else None,
+        )
     content_type = content_encoding = None
     content_length: int | None = None
-    for name, value in headers:
+    for name, value in scope["headers"]:
         if name == b"content-type":
             content_type = value
         elif name == b"content-encoding":
@@ -412,6 +461,26 @@ def _answer(refusal: Refusal, family: Family) -> tuple[tuple[tuple[bytes, bytes]
         if len(_ANSWERS) >= _ANSWERS_MAX:
             _ANSWERS.clear()
         _ANSWERS[key] = answer
+    return answer
+
+
+_HTTP_ANSWERS: dict[tuple[int, str, str, str | None, str, Family], tuple[bytes, bool]] = {}
+
+
+def refusal_answer(refusal: Refusal, family: Family) -> tuple[bytes, bool]:
+    """The refusal as a complete HTTP/1.1 answer, as uvicorn would write it from `refuse()`'s two messages, and
+    whether the connection must close after it (413: the rest of the body is never read)."""
+    key = (refusal.status, refusal.reason, refusal.step, refusal.field, refusal.detail, family)
+    answer = _HTTP_ANSWERS.get(key)
+    if answer is None:
+        headers, payload = _answer(refusal, family)
+        phrase = HTTPStatus(refusal.status).phrase.encode("ascii")
+        lines = [b"HTTP/1.1 %d %s\r\n" % (refusal.status, phrase)]
+        lines += [name + b": " + value + b"\r\n" for name, value in headers]
+        answer = (b"".join([*lines, b"\r\n", payload]), (b"connection", b"close") in headers)
+        if len(_HTTP_ANSWERS) >= _ANSWERS_MAX:
+            _HTTP_ANSWERS.clear()
+        _HTTP_ANSWERS[key] = answer
     return answer
 
 

@@ -7,6 +7,10 @@
     7. refusals in the endpoint's error family      checks.refuse
     8. one access-log line                          accesslog.record
 
+Under `keyscope serve`, a request that arrives whole is first offered to `early()` (see `keyscope.protocol`):
+steps 1-5 run there, without a coroutine, when they need no waiting, and a refusal leaves as bytes before any
+ASGI task exists. What `early()` admits still comes through `__call__`, which then only forwards it.
+
 The lifespan opens the store and the upstream session of this worker and closes them on shutdown.
 """
 
@@ -18,7 +22,7 @@ from collections.abc import Sequence
 
 from . import accesslog, admin
 from .auth import KeyAuthenticator
-from .checks import Admission, Checks, ClientGone, refuse
+from .checks import Admission, Checks, ClientGone, refusal_answer, refuse
 from .config import Settings
 from .endpoints import Endpoint
 from .endpoints import load as load_endpoints
@@ -30,6 +34,8 @@ from .types import Message, Receive, Scope, Send
 logger = logging.getLogger("keyscope.gateway")
 
 _perf_counter = time.perf_counter
+_ADMITTED = "keyscope.admitted"
+"""Scope key under which `early()` hands an admitted request (its Admission and start time) to `__call__`."""
 _PROVISIONING = b"/provisioning/1"
 _API_KEYS = b"/settings/2/api-keys"
 
@@ -103,6 +109,10 @@ class Gateway:
             elif scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
             return
+        admitted = scope.pop(_ADMITTED, None)
+        if admitted is not None:
+            await self._forward(scope, receive, send, *admitted)
+            return
         started = _perf_counter()
         admission = Admission()
         checks = self.checks
@@ -121,6 +131,9 @@ class Gateway:
         except ClientGone:
             admission.log(started, scope, accesslog.FAILED, accesslog.CLIENT_GONE)
             return
+        await self._forward(scope, receive, send, admission, started)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, admission: Admission, started: float) -> None:
         status, upstream_status = await self.upstream.forward(
             scope,
             receive,
@@ -132,6 +145,27 @@ class Gateway:
         )
         decision = accesslog.FORWARDED if upstream_status is not None else accesslog.FAILED
         admission.log(started, scope, decision, status, None, upstream_status)
+
+    def early(self, scope: Scope, body: bytes) -> tuple[bytes, bool] | None:
+        """Steps 1-5 for a request whose whole body is here, before any ASGI task (`keyscope.protocol`).
+
+        A refusal: its complete HTTP/1.1 answer and whether the connection closes after it, logged here.
+        None: the request goes to `__call__` as usual; if it was admitted here, it carries its Admission and
+        is only forwarded there. Management requests, and checks that would have to wait, are left alone."""
+        started = _perf_counter()
+        admission = Admission()
+        try:
+            headers = self.checks.target(scope)
+            if is_management(scope["raw_path"]) or not self.checks.decide(scope, body, admission, headers):
+                return None
+        except Refusal as refusal:
+            answer, close = refusal_answer(refusal, admission.family)
+            if scope["method"] == "HEAD":  # the head alone, Content-Length included, as uvicorn sends it
+                answer = answer[: answer.index(b"\r\n\r\n") + 4]
+            admission.log(started, scope, accesslog.REFUSED, refusal.status, refusal)
+            return answer, close
+        scope[_ADMITTED] = (admission, started)
+        return None
 
     async def _manage(self, scope: Scope, receive: Receive, send: Send) -> int:
         status = 0

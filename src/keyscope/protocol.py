@@ -89,6 +89,9 @@ class GatewayProtocol(HttpToolsProtocol):
             super()._start_asgi_task(cycle, app)
             return
         data, close = answer
+        if not cycle.keep_alive and not close:  # the client asked to close: say so, as uvicorn does
+            end = data.index(b"\r\n\r\n") + 2
+            data = data[:end] + b"connection: close\r\n" + data[end:]
         cycle.response_started = cycle.response_complete = True
         cycle.message_event.set()
         cycle.transport.write(data)
