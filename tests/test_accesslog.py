@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -100,3 +101,47 @@ def test_embedders_get_the_line_through_the_logger(caplog: pytest.LogCaptureFixt
         assert accesslog.enabled()
         accesslog.write(time.perf_counter(), "GET", b"/x", accesslog.FORWARDED, 200, "K", "f", None, None, 200)
     assert [json.loads(record.getMessage())["path"] for record in caplog.records] == ["/x"]
+
+
+class CountingStream(io.StringIO):
+    """A stream that writes through, as stdout does under PYTHONUNBUFFERED=1: each write() would be a syscall."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_lines_written_in_an_event_loop_leave_together_within_the_delay() -> None:
+    stream = CountingStream()
+    handler = accesslog.LineHandler(stream, delay=0.05)
+
+    async def scenario() -> None:
+        for number in range(50):
+            handler.write_line(f'{{"n":{number}}}')
+        assert stream.writes == 0
+        await asyncio.sleep(0.2)
+        assert stream.writes == 1
+        handler.write_line('{"n":50}')
+        await asyncio.sleep(0.2)
+
+    asyncio.run(scenario())
+    assert stream.writes == 2
+    assert [json.loads(line)["n"] for line in stream.getvalue().splitlines()] == list(range(51))
+
+
+def test_a_full_buffer_is_written_at_once_and_nothing_is_lost_at_flush() -> None:
+    stream = CountingStream()
+    handler = accesslog.LineHandler(stream, delay=60, limit=100)
+
+    async def scenario() -> None:
+        for number in range(30):
+            handler.write_line(f'{{"number":{number}}}')  # 13-14 characters a line: a write every 8 lines
+
+    asyncio.run(scenario())
+    assert 3 <= stream.writes <= 4
+    handler.flush()  # as logging does at exit, and disable() does
+    assert [json.loads(line)["number"] for line in stream.getvalue().splitlines()] == list(range(30))
