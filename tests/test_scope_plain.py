@@ -1,5 +1,6 @@
-"""The short way of scope.inspect() (plain query, plain JSON, every place permitted as it stands) against the
-long way (`inspect_slowly`): the same decision, refusal, reason, field and forwarded bytes, for every input.
+"""The short way of scope.inspect() (plain query, plain JSON, every place permitted as it stands, or the first
+place refused) against the long way (`inspect_slowly`): the same decision, refusal, reason, field and forwarded
+bytes, for every input.
 
 Inputs are built to sit on the border of "plain": ids at and away from the declared locations, exactly and
 not exactly spelt, escaped, duplicated, nested to the depth limit, with the byte-level tricks the long way
@@ -62,10 +63,16 @@ def assert_agree(endpoint: Endpoint | None, k: ApiKey, query: bytes, content_typ
                  content_encoding: bytes | None, body: bytes) -> str:
     """Assert both ways agree; what happened, for hypothesis's statistics."""
     args = (endpoint, k, query, content_type, content_encoding, body)
-    fast = outcome(scope.inspect, *args)
+    long_way = []
+    original = scope._inspect
+    scope._inspect = lambda *inputs: long_way.append(True) or original(*inputs)
+    try:
+        fast = outcome(scope.inspect, *args)
+    finally:
+        scope._inspect = original
     assert fast == outcome(slowly, *args)
     if fast[0] == "refused":
-        return f"refused {fast[2]}"
+        return f"refused {fast[2]} " + ("the long way" if long_way else "the short way")
     decision = scope.inspect(endpoint, k, query=query, content_type=content_type, content_encoding=content_encoding,
                              body=body)
     if decision._places is not None:
@@ -320,6 +327,119 @@ def test_short_way_agrees_near_its_border(request: tuple[Any, ...]) -> None:
     event(assert_agree(*request))
 
 
+# --- refusals ----------------------------------------------------------------------------------------------
+
+OTHER = {"applicationId": ["app-b", "app a", "", "app-a"], "entityId": ["ent-2", "", "ent-1"]}
+
+
+@st.composite
+def place_ids(draw: st.DrawFn, entry: PlatformEntry | None) -> dict[str, Any]:
+    """A place's ids: mostly the entry's, else another id, none (missing) or null, kind by kind."""
+    ids: dict[str, Any] = {}
+    for kind, own in (("applicationId", entry.application_id if entry else None),
+                      ("entityId", entry.entity_id if entry else None)):
+        choice = draw(st.integers(0, 6))
+        if choice <= 2 and own is not None:
+            ids[kind] = own
+        elif choice in (3, 4):
+            ids[kind] = draw(st.sampled_from(OTHER[kind]))
+        elif choice == 5:
+            ids[kind] = None
+    return ids
+
+
+def with_ids(draw: st.DrawFn, entry: PlatformEntry | None, obj: dict[str, Any], chance: int) -> dict[str, Any]:
+    """`obj` with ids of its own one time in `chance` (an undeclared place), before or after its other keys."""
+    if draw(st.integers(0, chance - 1)):
+        return obj
+    ids = draw(place_ids(entry))
+    return {**ids, **obj} if draw(st.booleans()) else {**obj, **ids}
+
+
+def declared_places(draw: st.DrawFn, steps: tuple[Any, ...], entry: PlatformEntry | None) -> Any:
+    """The objects a declared location names, each with ids of its own; ids on the way there too, now and then,
+    and once in a while the location broken off (absent or null: the long way's to fill or refuse)."""
+    if not steps:
+        return {"text": "hi", **draw(place_ids(entry))}
+    step, rest = steps[0], steps[1:]
+    shape = draw(st.integers(0, 19))
+    if shape == 0:
+        return with_ids(draw, entry, {}, 3)
+    if shape == 1:
+        return with_ids(draw, entry, {step.name: None}, 3)
+    if step.each:
+        child: Any = [declared_places(draw, rest, entry) for _ in range(draw(st.sampled_from([0, 1, 1, 2, 2, 3])))]
+    else:
+        child = declared_places(draw, rest, entry)
+    return with_ids(draw, entry, {step.name: child}, 4)
+
+
+def elsewhere(draw: st.DrawFn, entry: PlatformEntry | None) -> dict[str, Any]:
+    """Objects holding ids away from every declared location (no endpoint declares `meta` or `extra`)."""
+    extra: dict[str, Any] = {}
+    for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2]))):
+        obj = draw(place_ids(entry)) or {"applicationId": draw(st.sampled_from(OTHER["applicationId"]))}
+        if draw(st.booleans()):
+            extra.setdefault("meta", []).append({"n": 1, **obj})
+        else:
+            extra.setdefault("extra", {}).setdefault("deep", {}).update(obj)
+    return extra
+
+
+@st.composite
+def refused_requests(draw: st.DrawFn) -> tuple[Endpoint | None, ApiKey, bytes, bytes | None, bytes | None, bytes]:
+    """Plain requests of one-entry keys that places refuse, or not: the entry's ids, others and none at the
+    declared places, in batches, with ids elsewhere (before and after the declared places), in the query too."""
+    endpoint = draw(st.sampled_from([SMS_ADVANCED, SMS_ADVANCED, SEND_SMS, WHATSAPP_TEXT, CREATE_CALL, APPLE_EVENTS,
+                                     RCS_CAPABILITY, METRICS, SMS_LOGS, CCAAS, EMAIL_SEND]))
+    which = draw(st.integers(0, 19))
+    if which == 0:
+        k = PRIMARY
+    elif which == 1:
+        k = key(("app-a", None), ("app-b", "ent-1", draw(actions)))
+    else:
+        k = key((*draw(entry_ids), draw(st.sampled_from([None, None, None, "FILL", "FORCE"]))))
+    entry = k.platform[0] if k.platform else None
+    document: dict[str, Any] = {}
+    top_declared = any(location.kind == "json" and not location.path for location in endpoint.ids)
+    if not top_declared:
+        document.update(with_ids(draw, entry, {}, 5))
+    json_locations = [location for location in endpoint.ids if location.kind == "json"]
+    if json_locations:  # the deepest: METRICS's request.filterBy.platforms[] goes through request.filterBy
+        document.update(declared_places(draw, json_locations[-1].path, entry))
+        request = document.get("request")
+        if len(json_locations) > 1 and type(request) is dict and type(request.get("filterBy")) is dict:
+            request["filterBy"].update(draw(place_ids(entry)))
+    if draw(st.booleans()):
+        document.update(elsewhere(draw, entry))
+    if not top_declared and draw(st.booleans()):
+        document = dict(reversed(list(document.items())))  # the declared places after the others
+    pairs = [(name, value) for name, value in draw(place_ids(entry)).items() if value is not None]
+    if endpoint is not SMS_LOGS and draw(st.booleans()):
+        pairs = []
+    query = b"&".join(name.encode() + b"=" + value.replace(" ", "+").encode() for name, value in pairs)
+    if draw(st.integers(0, 5)) == 0:
+        query = (query + b"&" if query else b"") + b"limit=5"
+    body_shape = draw(st.integers(0, 14))
+    if endpoint is SMS_LOGS or body_shape == 0:
+        body = b""
+    elif body_shape == 1:
+        body = b"null"
+    else:
+        body = dumps(document, draw(st.integers(0, 3)))
+        if body_shape == 2:  # not plain any more: the long way's
+            old, new = draw(st.sampled_from([*MUTATIONS, *TWEAKS]))
+            body = body.replace(old, new, 1) if old else body + new
+    content_type = b"application/x-www-form-urlencoded" if endpoint is EMAIL_SEND and body_shape == 3 else JSON
+    return endpoint, k, query, content_type if body else None, None, body
+
+
+@settings(max_examples=4000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(refused_requests())
+def test_short_way_refuses_as_the_long_way(request: tuple[Any, ...]) -> None:
+    event(assert_agree(*request))
+
+
 # --- examples ----------------------------------------------------------------------------------------------
 
 def bench_body(application: str) -> bytes:
@@ -355,9 +475,7 @@ def test_common_requests_are_decided_the_short_way(endpoint: Endpoint | None, k:
 
 @pytest.mark.parametrize(("endpoint", "k", "query", "body"), [
     (SMS_ADVANCED, key(("app-a", None, "FILL")), b"", b'{"messages":[{"text":"x"}]}'),
-    (SMS_ADVANCED, key(("app-a", None)), b"", bench_body("app-b")),
     (SMS_ADVANCED, key(("app-a", None, "FORCE")), b"", bench_body("app-b")),
-    (SMS_ADVANCED, key(("app-a", None)), b"", b'{"messages":[]}'),
     (SMS_LOGS, key(("app-a", None)), b"ApplicationId=app-a", b""),
     (SMS_LOGS, key(("app-a", None)), b"applicationId=app-a&applicationId=app-a", b""),
     (SMS_LOGS, key(("app-a", None)), b"applicationId=app-a;x=1", b""),
@@ -370,6 +488,41 @@ def test_the_rest_is_decided_the_long_way_alike(endpoint: Endpoint | None, k: Ap
                                                 body: bytes) -> None:
     content_type = b"application/x-www-form-urlencoded" if endpoint is EMAIL_SEND else JSON
     assert_agree(endpoint, k, query, content_type, None, body)
+
+
+@pytest.mark.parametrize(("endpoint", "k", "query", "body", "reason", "field"), [
+    (SMS_ADVANCED, key(("app-a", None)), b"", bench_body("app-b"), "id_out_of_scope", "messages[0].applicationId"),
+    (SMS_ADVANCED, key(("app-a", "ent-1")), b"", b'{"messages":[{"applicationId":"app-a"},{"entityId":"ent-1"}]}',
+     "id_missing", "messages[0].entityId"),
+    (SMS_ADVANCED, key(("app-a", None)), b"", b'{"messages":[]}', "id_missing", "messages[]"),
+    (SMS_ADVANCED, key(("app-a", None, "FORCE")), b"",
+     b'{"messages":[{"applicationId":"app-b"}],"meta":[{"applicationId":"app-a"},{"applicationId":"app-b"}]}',
+     "id_out_of_scope", "meta[1].applicationId"),
+    (SMS_ADVANCED, key(("app-a", "ent-1", "FILL")), b"entityId=ent-2", b'{"messages":[{"text":"x"}]}',
+     "id_out_of_scope", "entityId"),
+    (SEND_SMS, key(("app-a", None)), b"", b"", "id_missing", "messages[].options.platform.applicationId"),
+    (SEND_SMS, key(("app-a", None)), b"", b'{"messages":[{"text":"x"}]}', "id_missing",
+     "messages[0].options.platform.applicationId"),
+    (SEND_SMS, key(("app-a", None)), b"", b'{"messages":[{"options":[]}]}', "bad_location", "messages[0].options"),
+    (METRICS, key(("app-a", None)), b"", b'{"request":{"filterBy":{"platforms":[{"applicationId":"app-b"}]}}}',
+     "id_missing", "request.filterBy.applicationId"),
+    (SMS_LOGS, key(("app-a", None)), b"applicationId=app-b&limit=5", b"", "id_out_of_scope", "applicationId"),
+    (SMS_LOGS, key(("app-a", None)), b"limit=5", b"", "id_missing", "applicationId"),
+    (EMAIL_SEND, key(("app-a", None)), b"", b'{"applicationId":"app-a"}', "id_missing", "applicationId"),
+    (CCAAS, key(("app-a", None, "FORCE")), b"", b'{"x":{"applicationId":"app-b"}}', "id_out_of_scope",
+     "x.applicationId"),
+])
+def test_common_refusals_are_decided_the_short_way(monkeypatch: pytest.MonkeyPatch, endpoint: Endpoint | None,
+                                                   k: ApiKey, query: bytes, body: bytes, reason: str,
+                                                   field: str) -> None:
+    content_type = JSON if body else None
+    with pytest.raises(Refusal) as slow:
+        scope.inspect_slowly(endpoint, k, query, content_type, None, body)
+    assert (slow.value.reason, slow.value.field) == (reason, field)
+    monkeypatch.setattr(scope, "_inspect", None)  # the long way is not taken
+    with pytest.raises(Refusal) as fast:
+        scope.inspect(endpoint, k, query=query, content_type=content_type, content_encoding=None, body=body)
+    assert fast.value == slow.value
 
 
 def test_plain_ids() -> None:

@@ -30,8 +30,10 @@ Rewriting. A JSON body FILL/FORCE changed is re-serialised compactly, key order 
 writes them (exact for every double); an unchanged request keeps its original bytes (the same objects).
 
 Cost. Most requests are plain (ASCII, ids spelt exactly where declared, a key with one entry) and already
-permitted as they stand: inspect() decides those without building places, with one parse of the body, and
-hands anything else, parse included, to the full reading above (see `inspect`).
+permitted as they stand: inspect() decides those without building places, with one parse of the body. The
+common refusal, a plain request of a one-entry key naming an id outside its entry or missing its ids, is
+refused the same way and as cheaply, with the full reading's Refusal. Anything else, parse included, goes
+to the full reading above (see `inspect`).
 
 Reasons: 400 semicolon, bad_escape, duplicate_id, id_array, invalid_utf8, id_not_string, duplicate_key,
 non_finite_number, number_out_of_range, bom, trailing_data, invalid_json, too_deep, lone_surrogate,
@@ -41,7 +43,7 @@ bad_multipart, bad_location (a declared location holds a non-object), id_name_ca
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -200,10 +202,13 @@ def inspect(
 
     The short way first: a primary key or a key with one entry, a plain query (`plain_ids`), no body or a
     plain JSON one (`scope_json.read_plain`), and every place simply permitted as it stands: nothing to
-    fill, force or refuse. It builds no places and rewrites nothing. Anything else, or any doubt, is decided
-    the long way (`inspect_slowly`), which the short way agrees with (tests/test_scope_plain.py); a JSON
-    body already parsed is handed over, not parsed twice. The short way refuses only what reading a plain
-    JSON body refuses, exactly as the long way would at that point.
+    fill, force or refuse. It builds no places and rewrites nothing. A plain request of a one-entry key that
+    a place refuses (an id outside the entry, a declared place without the entry's ids and nothing to fill
+    it, no declared place at all) is refused the short way too, with the long way's Refusal for the first
+    such place in the long way's order (`_plain_refusal`): refusals are what an attacker sends, so they
+    must cost no more than what is forwarded. Anything else, or any doubt, is decided the long way
+    (`inspect_slowly`), which the short way agrees with (tests/test_scope_plain.py); a JSON body already
+    parsed is handed over, not parsed twice.
     """
     platform = key.platform
     if platform and endpoint is None:
@@ -221,6 +226,11 @@ def inspect(
                 if decision is not None:
                     decision._inputs = (endpoint, key, query, content_type, content_encoding, body)
                     return decision
+                if platform:
+                    assert endpoint is not None
+                    refusal = _plain_refusal(endpoint.ids, platform[0], query_ids, parsed)
+                    if refusal is not None:
+                        raise refusal
     return _inspect(endpoint, key, query, body, body_kind, parsed)
 
 
@@ -320,6 +330,103 @@ def _plain_decision(
         if named is not None:
             entities.add(named)
     return Decision(query, body, False, entry, frozenset(applications), frozenset(entities), None)
+
+
+def _plain_refusal(
+    locations: tuple[IdLocation, ...],
+    entry: PlatformEntry,
+    query_ids: dict[str, str],
+    parsed: tuple[Any, list[dict[str, Any]]] | None,
+) -> Refusal | None:
+    """The Refusal the long way raises for a plain request of a one-entry key, when that is certain; None when
+    the long way must decide (a place to fill or force and nothing refused).
+
+    It follows _Check.run(): every declared place is found first (by declared(), else by resolve() itself,
+    whose 400 for a shape it refuses is then the long way's too, raised before any place is decided), then
+    `id_missing` when there is none, then the declared places in order, then the places elsewhere: the
+    query, then the JSON objects in document order. Every id here is exactly spelt, so no place is a 400
+    `id_name_case`. A write is harmless on the way (the long way's writes to JSON objects cannot fail and
+    change no other place), except the query's: rebuilding it is left to the long way.
+    """
+    doc, holders = parsed if parsed is not None else (None, ())
+    # each declared location's places: None stands for the query, (where,) for the empty place the long way
+    # makes, and cannot write, for a form location (the body is no form here) or a JSON location without a
+    # document; a list holds the objects there, or resolve()'s targets when declared() was in doubt (an
+    # object to create is a target without one)
+    found: list[list[dict[str, Any]] | list[scope_json.Target] | tuple[str] | None] = []
+    named = False
+    for location in locations:
+        if location.kind == "query":
+            found.append(None)
+            named = True
+        elif location.kind == "form":
+            found.append(("form",))
+            named = True
+        elif location.kind != "json":
+            return None
+        elif doc is None:
+            found.append(("$." + location.text if location.path else "$",))
+            named = True
+        else:
+            objects = scope_json.declared(doc, location.path)
+            places = scope_json.resolve(doc, location.path) if objects is None else objects
+            found.append(places)
+            named = named or bool(places)
+    if locations and not named:
+        return refuse(403, "id_missing", locations[0].text or None, "The request names no place for its ids.")
+    rule = _ids_of(entry)
+    action = entry.action
+    declared: set[int] = set()
+    for location, places in zip(locations, found):
+        if places is None:
+            verdict = _verdict(rule, action, query_ids, True)
+            if verdict == "write":
+                return None
+            if verdict is not None:
+                return _refused(verdict, rule, _Slot("query", query_ids, {kind: kind for kind in query_ids}, None))
+        elif type(places) is tuple:
+            verdict = _verdict(rule, action, {}, False)
+            if verdict is not None and verdict != "write":
+                return _refused(verdict, rule, _Slot(places[0], {}, {}, None))
+        else:
+            for place in places:
+                obj = place if type(place) is dict else place.obj  # type: ignore[union-attr]
+                if obj is None:
+                    obj = {}
+                else:
+                    declared.add(id(obj))
+                verdict = _verdict(rule, action, obj, True)
+                if verdict is not None and verdict != "write":
+                    ids = {kind: obj[kind] for kind in KINDS if kind in obj}
+                    if type(place) is dict:
+                        where = scope_json.where_of(doc, location.path, obj)
+                    else:
+                        where = scope_json.where(place.path)  # type: ignore[union-attr]
+                    return _refused(verdict, rule, _Slot(where, ids, {kind: kind for kind in ids}, None))
+    if query_ids and not _allows(rule, query_ids):  # permitted already if declared
+        return _out_of_scope((rule,), _Slot("query", query_ids, {kind: kind for kind in query_ids}, None))
+    for obj in holders:
+        if id(obj) not in declared and not _allows(rule, obj):
+            for place in scope_json.find(doc):  # the first in document order, named as the long way does
+                if id(place.obj) not in declared and not _allows(rule, place.ids):
+                    return _out_of_scope((rule,), _Slot(place.where, place.ids, place.names, None))
+    return None
+
+
+def _verdict(rule: dict[str, str], action: str | None, ids: dict[str, Any], writable: bool) -> str | None:
+    """How _Check._decide_declared() ends for a declared place of a one-entry key whose ids are exactly spelt:
+    None (permitted as it stands), "write" (FORCE or FILL writes it, then it is permitted), "missing" or "out"."""
+    if _requires(rule, ids):
+        return None
+    if writable and (action == "FORCE" or action == "FILL" and _allows(rule, ids)):
+        return "write"
+    return "missing" if _allows(rule, ids) else "out"
+
+
+def _refused(verdict: str, rule: dict[str, str], slot: _Slot) -> Refusal:
+    if verdict == "out":
+        return _out_of_scope((rule,), slot)
+    return _missing(slot, next(kind for kind in rule if slot.ids.get(kind) is None))
 
 
 def _holds(ids: dict[str, Any], application: str | None, entity: str | None) -> bool:
@@ -525,14 +632,13 @@ class _Check:
             return
         agreeing = next((ids for _, ids in self.rules if _allows(ids, slot.ids)), None)
         if agreeing is None:
-            raise self._out_of_scope(slot)
-        kind = next(k for k in agreeing if slot.ids.get(k) is None)
-        raise refuse(403, "id_missing", slot.field(kind), f"This key's requests must name their {kind} here.")
+            raise _out_of_scope([ids for _, ids in self.rules], slot)
+        raise _missing(slot, next(k for k in agreeing if slot.ids.get(k) is None))
 
     def _decide_elsewhere(self, slot: _Slot) -> None:
         slot.entries = [entry for entry, ids in self.rules if _allows(ids, slot.ids)]
         if not slot.entries:
-            raise self._out_of_scope(slot)
+            raise _out_of_scope([ids for _, ids in self.rules], slot)
 
     @staticmethod
     def _write(slot: _Slot, write: Callable[[dict[str, str]], None], values: dict[str, str]) -> None:
@@ -542,13 +648,29 @@ class _Check:
         slot.ids.update(values)
         slot.names.update({kind: kind for kind in values})
 
-    def _out_of_scope(self, slot: _Slot) -> Refusal:
-        """403 naming the id no entry accepts on its own, else the first id of the place."""
-        named = [kind for kind in KINDS if slot.ids.get(kind) is not None]
-        alone = [k for k in named if not any(ids.get(k, slot.ids[k]) == slot.ids[k] for _, ids in self.rules)]
-        kind = (alone or named)[0]
-        detail = f"This key may not use {kind} {slot.ids[kind]!r}."
-        return refuse(403, "id_out_of_scope", slot.field(slot.names[kind]), detail)
+
+def _out_of_scope(rules: Sequence[dict[str, str]], slot: _Slot) -> Refusal:
+    """403 naming the id no entry accepts on its own, else the first id of the place."""
+    ids = slot.ids
+    first = kind = None
+    for named in KINDS:
+        value = ids.get(named)
+        if value is not None:
+            first = first or named
+            for rule in rules:
+                if rule.get(named, value) == value:
+                    break
+            else:
+                kind = named
+                break
+    kind = kind or first
+    assert kind is not None
+    return refuse(403, "id_out_of_scope", slot.field(slot.names[kind]), f"This key may not use {kind} {ids[kind]!r}.")
+
+
+def _missing(slot: _Slot, kind: str) -> Refusal:
+    """403: a declared place without the key's `kind`, and nothing to fill it."""
+    return refuse(403, "id_missing", slot.field(kind), f"This key's requests must name their {kind} here.")
 
 
 def _target_writer(request: _Request, target: scope_json.Target) -> Callable[[dict[str, str]], None]:

@@ -329,6 +329,24 @@ def resolve(doc: Any, steps: tuple[JsonStep, ...]) -> list[Target]:
     return sorted(targets + missing, key=lambda target: target.path) if missing else targets
 
 
+def where_of(doc: dict[str, Any], steps: tuple[JsonStep, ...], obj: dict[str, Any]) -> str:
+    """resolve()'s `where` for one of the objects declared(doc, steps) returned: naming a refused place
+    without resolving every other one."""
+    current: list[tuple[tuple[str | int, ...], Any]] = [((), doc)]
+    for step in steps:
+        following: list[tuple[tuple[str | int, ...], Any]] = []
+        for path, node in current:
+            child = node.get(step.name)
+            if child is None:
+                continue
+            if step.each:
+                following += [((*path, step.name, index), element) for index, element in enumerate(child)]
+            else:
+                following.append(((*path, step.name), child))
+        current = following
+    return next(where(path) for path, node in current if node is obj)
+
+
 def materialise(target: Target) -> dict[str, Any]:
     """The target's object, creating the missing ones (a `null` on the way counts as missing)."""
     if target.obj is not None:
