@@ -112,6 +112,25 @@ def test_fill_keeps_ids_the_request_already_names() -> None:
     assert (r.reason, r.field) == ("id_out_of_scope", "entityId")
 
 
+@pytest.mark.parametrize(("entries", "place", "named"), [
+    ((("app-a", "ent-1"),), {"applicationId": "app-a", "entityId": "ent-2"}, ("entityId", "ent-2")),
+    ((("app-a", None),), {"applicationId": "app-b", "entityId": "ent-9"}, ("applicationId", "app-b")),
+    (((None, "ent-1"),), {"applicationId": "app-b", "entityId": "ent-2"}, ("entityId", "ent-2")),
+    ((("app-a", "ent-1"),), {"applicationId": "app-b", "entityId": "ent-2"}, ("applicationId", "app-b")),
+    ((("app-a", "ent-1"), ("app-b", "ent-2")), {"applicationId": "app-a", "entityId": "ent-2"},
+     ("applicationId", "app-a")),
+    ((("app-a", "ent-1"), ("app-b", None)), {"applicationId": "app-c", "entityId": "ent-1"},
+     ("applicationId", "app-c")),
+])
+def test_out_of_scope_names_the_id_no_entry_accepts(entries: tuple[Entry, ...], place: dict[str, str],
+                                                     named: tuple[str, str]) -> None:
+    """The id no entry accepts on its own, else the place's first: the one a client should change."""
+    for k in (key(*entries), key(*entries[:-1], (*entries[-1], "FILL"))):
+        r = refusal(SMS_ADVANCED, k, {"messages": [{"text": "x", **place}]})
+        assert (r.reason, r.field) == ("id_out_of_scope", f"messages[0].{named[0]}")
+        assert r.detail == f"This key may not use {named[0]} {named[1]!r}."
+
+
 def test_force_overwrites_query_ids() -> None:
     decision = run(SMS_LOGS, key(("app-a", "ent-1", "FORCE")), query=b"applicationId=app-b&limit=5")
     assert decision.query == b"applicationId=app-a&limit=5&entityId=ent-1"
