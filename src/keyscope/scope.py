@@ -383,7 +383,7 @@ def _plain_refusal(
             if verdict == "write":
                 return None
             if verdict is not None:
-                return _refused(verdict, rule, _Slot("query", query_ids, {kind: kind for kind in query_ids}, None))
+                return _refused(verdict, rule, _Slot("query", query_ids, _SPELT, None))
         elif type(places) is tuple:
             verdict = _verdict(rule, action, {}, False)
             if verdict is not None and verdict != "write":
@@ -397,20 +397,23 @@ def _plain_refusal(
                     declared.add(id(obj))
                 verdict = _verdict(rule, action, obj, True)
                 if verdict is not None and verdict != "write":
-                    ids = {kind: obj[kind] for kind in KINDS if kind in obj}
                     if type(place) is dict:
                         where = scope_json.where_of(doc, location.path, obj)
                     else:
                         where = scope_json.where(place.path)  # type: ignore[union-attr]
-                    return _refused(verdict, rule, _Slot(where, ids, {kind: kind for kind in ids}, None))
+                    return _refused(verdict, rule, _Slot(where, obj, _SPELT, None))
     if query_ids and not _allows(rule, query_ids):  # permitted already if declared
-        return _out_of_scope((rule,), _Slot("query", query_ids, {kind: kind for kind in query_ids}, None))
+        return _out_of_scope((rule,), _Slot("query", query_ids, _SPELT, None))
     for obj in holders:
         if id(obj) not in declared and not _allows(rule, obj):
             for place in scope_json.find(doc):  # the first in document order, named as the long way does
                 if id(place.obj) not in declared and not _allows(rule, place.ids):
                     return _out_of_scope((rule,), _Slot(place.where, place.ids, place.names, None))
     return None
+
+
+# A refused plain place's slot: its ids are the object itself (only the id keys are read), spelt exactly.
+_SPELT = {kind: kind for kind in KINDS}
 
 
 def _verdict(rule: dict[str, str], action: str | None, ids: dict[str, Any], writable: bool) -> str | None:

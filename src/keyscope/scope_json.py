@@ -330,21 +330,31 @@ def resolve(doc: Any, steps: tuple[JsonStep, ...]) -> list[Target]:
 
 
 def where_of(doc: dict[str, Any], steps: tuple[JsonStep, ...], obj: dict[str, Any]) -> str:
-    """resolve()'s `where` for one of the objects declared(doc, steps) returned: naming a refused place
-    without resolving every other one."""
-    current: list[tuple[tuple[str | int, ...], Any]] = [((), doc)]
-    for step in steps:
-        following: list[tuple[tuple[str | int, ...], Any]] = []
-        for path, node in current:
-            child = node.get(step.name)
-            if child is None:
-                continue
-            if step.each:
-                following += [((*path, step.name, index), element) for index, element in enumerate(child)]
-            else:
-                following.append(((*path, step.name), child))
-        current = following
-    return next(where(path) for path, node in current if node is obj)
+    """resolve()'s `where` for one of the objects declared(doc, steps) returned, found by a walk down the
+    location that stops there: naming a refused place without resolving every other one."""
+    found = _where_in(doc, steps, 0, obj, "$")
+    assert found is not None
+    return found
+
+
+def _where_in(
+    node: dict[str, Any], steps: tuple[JsonStep, ...], at: int, obj: dict[str, Any], prefix: str
+) -> str | None:
+    """where() of the path taken so far is `prefix`, built as where() builds it (`.name`, `[index]`)."""
+    if at == len(steps):
+        return prefix if node is obj else None
+    step = steps[at]
+    child = node.get(step.name)
+    if child is None:
+        return None
+    prefix = f"{prefix}.{step.name}"
+    if not step.each:
+        return _where_in(child, steps, at + 1, obj, prefix)
+    for index, element in enumerate(child):
+        found = _where_in(element, steps, at + 1, obj, f"{prefix}[{index}]")
+        if found is not None:
+            return found
+    return None
 
 
 def materialise(target: Target) -> dict[str, Any]:
