@@ -45,7 +45,8 @@ def precheck(port: int, request: Request, expected: int) -> list[str]:
 def check_runs(runs: list[dict[str, Any]], expected: int, reaches_backend: bool, connections: int) -> list[str]:
     """A run is suspect if anything but the expected status came back, a socket failed, or the backend's count
     disagrees: forwarded rows must reach it (plus up to `connections` abandoned in flight when the load stopped,
-    and any that failed on the client's side), refusals never."""
+    as many more still queued in a slow proxy from the run before, which settle() can miss when they trickle
+    in slower than its quiet interval, and any that failed on the client's side), refusals never."""
     problems = []
     for index, run in enumerate(runs, 1):
         errors = {k: v for k, v in run["errors"].items() if k != "status" and v}
@@ -56,7 +57,7 @@ def check_runs(runs: list[dict[str, Any]], expected: int, reaches_backend: bool,
             problems.append(f"run {index}: statuses {unexpected} besides {expected}")
         if not run["requests"]:
             problems.append(f"run {index}: no requests completed")
-        slack = connections + sum(errors.values())
+        slack = 2 * connections + sum(errors.values())
         if reaches_backend and not run["requests"] <= run["backend_reached"] <= run["requests"] + slack:
             problems.append(f"run {index}: backend saw {run['backend_reached']} of {run['requests']} requests")
         if not reaches_backend and run["backend_reached"]:
