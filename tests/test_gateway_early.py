@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gateway_fixtures import echo  # noqa: F401
 from gateway_helpers import Echo, Gateway, Key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -238,13 +239,6 @@ def test_decide_steps_aside_when_something_must_be_waited_for(world: World) -> N
 
 
 # end to end: the same refusal bytes from both paths ------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def echo() -> Iterator[Echo]:
-    server = Echo.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
