@@ -230,7 +230,10 @@ def inspect(
                     assert endpoint is not None
                     refusal = _plain_refusal(endpoint.ids, platform[0], query_ids, parsed)
                     if refusal is not None:
-                        raise refusal
+                        try:
+                            raise refusal
+                        finally:  # this frame, in the traceback, must not hold its own exception: a cycle for the GC
+                            del refusal
     return _inspect(endpoint, key, query, body, body_kind, parsed)
 
 
