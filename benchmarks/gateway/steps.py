@@ -11,7 +11,9 @@ Measured, on the 1 KB POST of the load benchmark unless said otherwise:
     steps 2-5  Checks.admit: linked POST, linked GET, primary GET
     forward    what keyscope computes before aiohttp: identity and upstream request headers
     log        one access-log line (to /dev/null)
-    refusal    the whole gateway on the refused POST (steps 1-5, the 403 answer, the log line)
+    refusal    the whole gateway on the refused POST (steps 1-5, the 403 answer, the log line): on the ASGI
+               path, and as `Gateway.early` (what `keyscope serve` runs for a request that arrives whole)
+    early      `Gateway.early` admitting the POST (it is then only forwarded)
     middleware KeyScopeMiddleware around a trivial ASGI app, against that app alone
 """
 
@@ -39,6 +41,7 @@ from keyscope.checks import Admission  # noqa: E402
 from keyscope.config import Settings  # noqa: E402
 from keyscope.errors import Refusal  # noqa: E402
 from keyscope.gateway import Gateway  # noqa: E402
+from keyscope.gateway import _ADMITTED as ADMITTED  # noqa: E402
 from keyscope.middleware import KeyScopeMiddleware  # noqa: E402
 from keyscope.store import store_from_url  # noqa: E402
 
@@ -148,6 +151,21 @@ async def measure(store_url: str, calls: int, rounds: int, cprofile: str) -> lis
         async def refusal() -> None:
             await gateway(refused_scope, refused_receive, discard)
 
+        # What `keyscope serve` does with a request that arrives whole: `Gateway.early`, and the ASGI path when
+        # it steps aside (a store round trip due: the revision every 0.2 s, a key every 5 s), as in the server.
+        async def early_refusal() -> None:
+            scope = {**refused_scope, "headers": list(refused_scope["headers"])}
+            if gateway.early(scope, refused) is None:
+                await gateway(scope, refused_receive, discard)
+
+        post_receive = receiver(post)
+
+        async def early_admission() -> None:
+            scope = {**post_scope, "headers": list(post_scope["headers"])}
+            gateway.early(scope, post)
+            if ADMITTED not in scope:  # stepped aside
+                await checks.admit(scope, post_receive, Admission())  # then forwarded, as the early admission is
+
         async def wrapped() -> None:
             await middleware(post_scope, receiver(post), discard)
 
@@ -160,6 +178,8 @@ async def measure(store_url: str, calls: int, rounds: int, cprofile: str) -> lis
             pass
         else:
             raise SystemExit("steps: the refused POST was admitted; the fixtures no longer make a refusal")
+        if gateway.early(refused_scope, refused) is None:
+            raise SystemExit("steps: Gateway.early did not answer the refused POST")
         steps = [
             ("step 1: Checks.target, POST", target),
             ("steps 2-5: Checks.admit, linked POST 1 KB", admit(post_scope, post)),
@@ -168,6 +188,8 @@ async def measure(store_url: str, calls: int, rounds: int, cprofile: str) -> lis
             ("forward: identity + upstream request headers", headers),
             ("log: one access-log line", log_line),
             ("refusal: whole gateway, refused POST 1 KB (403)", refusal),
+            ("refusal: Gateway.early, refused POST 1 KB (what keyscope serve runs)", early_refusal),
+            ("early: Gateway.early, admitted POST 1 KB (then only forwarded)", early_admission),
             ("middleware: KeyScopeMiddleware + trivial app, POST", wrapped),
             ("middleware: trivial app alone, POST", bare),
         ]
