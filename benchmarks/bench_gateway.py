@@ -2,8 +2,9 @@
 
 Starts on 127.0.0.1 a minimal raw-ASGI backend (200-byte JSON), keyscope (`keyscope serve`, SQLite store seeded
 here), a bare aiohttp proxy, the Starlette + httpx tutorial proxy, nginx when installed, a minimal Starlette app
-with and without KeyScopeMiddleware, and keyscope's forwarding step alone (a diagnostic row: full gateway minus
-it is what the checks cost, it minus the bare proxy is what keyscope's forwarding adds). Each row gets a warm-up,
+with and without KeyScopeMiddleware, and two diagnostic rows: keyscope's forwarding step alone (full gateway
+minus it is what the checks cost, it minus the bare proxy is what keyscope's forwarding adds) and keyscope's
+server alone answering the refusal's bytes with no checks (`ks-floor`: what any answer costs that server). Each row gets a warm-up,
 then the same load for the same time, `--runs` times, rows taking turns (wrk -t1 when installed, else
 benchmarks/gateway/loadgen.py). The load generator runs on CPU 0, servers on CPU 1 (taskset), except the
 --workers rows, whose servers (and their own backend) get CPUs 0-1, both rows alike so that they compare.
@@ -74,6 +75,8 @@ ROWS = [
     Row("ks-get", "keyscope linked key, GET logs?applicationId", "keyscope", "get-linked", 200, True),
     Row("ks-get-primary", "keyscope primary key, GET logs", "keyscope", "get-primary", 200, True),
     Row("ks-refused", "keyscope refusing (other application, 403)", "keyscope", "post-refused", 403, False),
+    Row("ks-floor", "keyscope's server alone: the same 403 bytes, no checks, no log line", "floor", "post-refused",
+        403, False),
     Row("mw-bare", "Starlette app, no middleware", "mw-bare", "post", 200, False),
     Row("mw-keyscope", "Starlette app + KeyScopeMiddleware", "mw-keyscope", "post", 200, False),
     Row("ks-w1", "keyscope --workers 1, POST (servers on CPUs 0-1)", "keyscope-w1", "post", 200, True),
@@ -148,6 +151,11 @@ class Bench:
         elif name in ("mw-bare", "mw-keyscope"):
             env = {"BENCH_MIDDLEWARE": "1" if name == "mw-keyscope" else "0", "BENCH_STORE": self.store_url}
             server = self._uvicorn(name, "mw_app:app", prefix, env)
+        elif name == "floor":
+            port = procs.free_port()
+            server = procs.start(name, [sys.executable, str(HERE / "gateway" / "floor.py"), "--host", procs.HOST,
+                                        "--port", str(port)], prefix=prefix, port=port,
+                                 log=self.run_dir / f"{name}.log", env=_clean_env())
         elif name == "nginx":
             server = self._nginx(backend.port)
         else:
@@ -378,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.notes.append("middleware rows: no access log (KeyScopeMiddleware logs only where the app turns on "
                        "the keyscope.access logger)")
     bench.notes.append(f"baseline figures: {BASELINE}")
+    floor = report.floor_note(summary)
+    if floor is not None:
+        bench.notes.append(floor)
     busiest = max((s["other_cpu_pct"] or 0 for s in summary.values()), default=0)
     if busiest > 25:
         bench.notes.append(f"CAUTION: other processes used up to {busiest:.0f}% of a CPU during these runs; "

@@ -54,6 +54,18 @@ def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def floor_note(summary: dict[str, dict[str, Any]]) -> str | None:
+    """What a refusal costs beyond the server's floor (the ks-floor row), as a share of the forwarded POST."""
+    floor = summary.get("ks-floor", {}).get("server_cpu_us")
+    refused = summary.get("ks-refused", {}).get("server_cpu_us")
+    post = summary.get("ks-post", {}).get("server_cpu_us")
+    if floor is None or refused is None or not post:
+        return None
+    return (f"refusal floor: keyscope's server answering the same 403 with no checks costs {floor:,.0f} µs/req "
+            f"({floor / post:.2f} of the forwarded POST); the checks and the access line add "
+            f"{refused - floor:,.0f} µs/req ({(refused - floor) / post:.2f})")
+
+
 def _fmt(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
