@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from gateway_fixtures import echo  # noqa: F401
 from gateway_helpers import Echo, Gateway, Key
 
 from keyscope.endpoints import load as load_endpoints
@@ -24,13 +25,6 @@ ENDPOINTS = load_endpoints()
 SMS = "/sms/2/text/advanced"
 SMS_BODY = json.dumps({"messages": [{"destinations": [{"to": "41793026727"}], "text": "hi"}]}).encode()
 JSON = "application/json"
-
-
-@pytest.fixture(scope="module")
-def echo() -> Iterator[Echo]:
-    server = Echo.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
