@@ -135,7 +135,6 @@ def _media_kind(content_type: bytes) -> Body:
     return OPAQUE
 
 
-
 def needs_body(
     endpoint: Endpoint | None, key: ApiKey, content_type: bytes | None, content_encoding: bytes | None = None
 ) -> bool:
