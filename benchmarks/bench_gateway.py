@@ -4,10 +4,11 @@ Starts on 127.0.0.1 a minimal raw-ASGI backend (200-byte JSON), keyscope (`keysc
 here), a bare aiohttp proxy, the Starlette + httpx tutorial proxy, nginx when installed, a minimal Starlette app
 with and without KeyScopeMiddleware, and two diagnostic rows: keyscope's forwarding step alone (full gateway
 minus it is what the checks cost, it minus the bare proxy is what keyscope's forwarding adds) and keyscope's
-server alone answering the refusal's bytes with no checks (`ks-floor`: what any answer costs that server). Each row gets a warm-up,
-then the same load for the same time, `--runs` times, rows taking turns (wrk -t1 when installed, else
-benchmarks/gateway/loadgen.py). The load generator runs on CPU 0, servers on CPU 1 (taskset), except the
---workers rows, whose servers (and their own backend) get CPUs 0-1, both rows alike so that they compare.
+server alone answering the refusal's bytes with no checks (`ks-floor`: what any answer costs that server).
+Each row gets a warm-up, then the same load for the same time, `--runs` times, rows taking turns (wrk -t1
+when installed, else benchmarks/gateway/loadgen.py). The load generator runs on CPU 0, servers on CPU 1
+(taskset), except the --workers rows, whose servers (and their own backend) get CPUs 0-1, both rows alike so
+that they compare.
 
 Printed: one markdown table (req/s, p50/p99 latency, CPU µs per request of the server under test and of the
 backend, from /proc utime+stime deltas of each whole process tree) and the issue's target ratios. Saved:
