@@ -22,6 +22,8 @@ from .auth import KeyAuthenticator
 from .canonical import HeaderMap
 from .endpoints import Endpoint
 from .errors import JSON_HEADERS, Family, Refusal, refusal_body
+from .limits import DEFAULT as DEFAULT_LIMITS
+from .limits import Limits
 from .models import ApiKey, PlatformEntry
 from .store.base import Store, StoreUnavailable
 from .types import Receive, Scope, Send
@@ -150,8 +152,10 @@ class Checks:
         authenticator: KeyAuthenticator,
         max_body_size: int = 1024 * 1024,
         id_cache_ttl: float = 5.0,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.matcher = matcher.compile(endpoints)
+        self.limits = limits
         self.store = store
         self.authenticator = authenticator
         self.max_body_size = max_body_size
