@@ -37,7 +37,9 @@ plants = st.one_of(
     st.builds(Plant, spellings("applicationId"), st.sampled_from([APP_A, APP_B, None])),
     st.builds(Plant, spellings("entityId"), st.sampled_from([ENT_A, ENT_B, None])),
 )
-names = st.text(string.ascii_letters + "_", min_size=1, max_size=8).filter(lambda k: k.lower() not in ID_NAMES)
+# Lower-case names: two names of one object that differ only in case or `_` are refused as ambiguous
+# (tests/scope/test_names.py), which is not what this property is about.
+names = st.text(string.ascii_lowercase, min_size=1, max_size=8).filter(lambda k: k not in ID_NAMES)
 scalars = st.one_of(
     st.none(),
     st.booleans(),

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from keyscope import endpoints, scope
+from keyscope.scope import form
 from keyscope.endpoints import Endpoint
 from keyscope.errors import Refusal
 from keyscope.models import ApiKey, PlatformEntry
@@ -197,14 +198,14 @@ def test_query_ambiguity_is_400_for_every_key(query: bytes, reason: str) -> None
 
 
 def test_parse_query_keeps_raw_and_decoded_pairs_in_order() -> None:
-    assert scope.parse_query(b"a=1&b+c=d%20e&flag&&x=%C3%A9") == [
+    assert form.parse(b"a=1&b+c=d%20e&flag&&x=%C3%A9", "query", 100) == [
         (b"a", b"1", "a", "1"),
         (b"b+c", b"d%20e", "b c", "d e"),
         (b"flag", None, "flag", ""),
         (b"x", b"%C3%A9", "x", "\u00e9"),
     ]
     with pytest.raises(Refusal) as caught:
-        scope.parse_query(b"a=1;b=2")
+        form.parse(b"a=1;b=2", "query", 100)
     assert caught.value.reason == "semicolon"
 
 

@@ -40,6 +40,7 @@ _TEXTS: dict[int, tuple[str, str, str, str]] = {
         "Check the existing resources and adjust the request.",
     ),
     413: ("PAYLOAD_TOO_LARGE", "Request body too large", "The request body is too large.", "Send a smaller body."),
+    414: ("URI_TOO_LONG", "Request target too long", "The request target is too long.", "Send a shorter target."),
     415: (
         "UNSUPPORTED_MEDIA_TYPE",
         "Unsupported media type",
@@ -47,6 +48,12 @@ _TEXTS: dict[int, tuple[str, str, str, str]] = {
         "Send the body as uncompressed JSON or form data.",
     ),
     429: ("TOO_MANY_REQUESTS", "Too many requests", "Too many requests.", "Slow down and retry."),
+    431: (
+        "REQUEST_HEADER_FIELDS_TOO_LARGE",
+        "Request headers too large",
+        "The request headers are too large or too many.",
+        "Send fewer or smaller headers.",
+    ),
     500: (
         "GENERAL_ERROR",
         "Something went wrong. Please contact support.",

@@ -1,0 +1,301 @@
+"""JSON bodies: one strict decode that also lists the objects holding ids; declared locations found or made.
+
+Parsers differ exactly where a scope check can be fooled: duplicate keys (last wins in Python and JavaScript,
+first in some Java and Go setups), keys that differ only in case or separators (Jackson with
+ACCEPT_CASE_INSENSITIVE_PROPERTIES, System.Text.Json's web defaults and Go's encoding/json bind them to one
+field, so `"Platform": null` beside `"platform"` erases the ids for them), NaN, a BOM, UTF-16 sniffing. So the
+body is decoded as strict UTF-8, every object's member names must be distinct under `names.fold`, and every
+such difference is refused instead of resolved. The decoder's object hook does all of it in the one pass that
+builds the document, and lists the objects that hold ids; where each one is (`$.messages[0]`) takes a walk,
+made only for the objects that need a name (a refusal, the explainer).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+from typing import Any, NamedTuple
+
+from ..endpoints import JsonStep
+from ..errors import Refusal
+from . import names
+from .refusals import refuse, special_name, too_many
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class Holder(NamedTuple):
+    """An object holding ids: kind -> value (a string or None), kind -> member name as written."""
+
+    obj: dict[str, Any]
+    ids: dict[str, str | None]
+    names: dict[str, str]
+
+
+# Member names repeat across requests: what names.fold() and names.classify() say of each, for the hook.
+_FOLDS: dict[str, str] = {}
+_SPECIAL: dict[str, str] = {}
+_SPECIAL_NAMES: set[str] = set()
+_KNOWN_MAX = 16384
+
+
+def _learn(obj: dict[str, Any]) -> None:
+    if len(_FOLDS) > _KNOWN_MAX:
+        _FOLDS.clear()
+        _SPECIAL.clear()
+        _SPECIAL_NAMES.clear()
+    for key in obj:
+        if key not in _FOLDS:
+            special = names.classify(key)
+            if special is not None:
+                _SPECIAL[key] = special
+                _SPECIAL_NAMES.add(key)
+            _FOLDS[key] = names.fold(key)
+
+
+def _decoder() -> tuple[json.JSONDecoder, list[Holder]]:
+    """A strict decoder whose object hook also lists, in `holders`, the objects holding ids."""
+    holders: list[Holder] = []
+    folds = _FOLDS
+    special_names = _SPECIAL_NAMES
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        count = len(pairs)
+        if len(obj) != count:
+            raise _duplicate(pairs)
+        if count > 1:
+            try:
+                distinct = len({folds[key] for key in obj})
+            except KeyError:
+                _learn(obj)
+                distinct = len({folds[key] for key in obj})
+            if distinct != count:
+                raise _collision(obj)
+        elif count and pairs[0][0] not in folds:
+            _learn(obj)
+        if not special_names.isdisjoint(obj):
+            holders.append(_holder(obj))
+        return obj
+
+    return json.JSONDecoder(object_pairs_hook=hook, parse_constant=_constant, parse_float=_float), holders
+
+
+class _Decoders(threading.local):
+    """One decoder per thread: its hook's list of holders belongs to the decode running in that thread."""
+
+    def __init__(self) -> None:
+        self.decoder, self.holders = _decoder()
+
+
+
+def _collision(obj: dict[str, Any]) -> Refusal:
+    seen: set[str] = set()
+    for key in obj:
+        fold = _FOLDS[key]
+        if fold in seen:
+            break
+        seen.add(fold)
+    special = _SPECIAL.get(key)
+    if special in names.KINDS:
+        return refuse(400, "duplicate_id", key, f"This object names {special} twice.")
+    return refuse(400, "name_collision", key, f"The JSON body names {key!r} twice in one object, in another case "
+                  "or spelling: some backends read only one of them.")
+
+
+def _holder(obj: dict[str, Any]) -> Holder:
+    ids: dict[str, str | None] = {}
+    spelt: dict[str, str] = {}
+    for key, value in obj.items():
+        special = _SPECIAL.get(key)
+        if special is None:
+            continue
+        if special not in names.KINDS:
+            raise special_name(special, key, "JSON body")
+        if value is not None and type(value) is not str:
+            raise refuse(400, "id_not_string", key, f"{key} must be a string or null.")
+        ids[special] = value
+        spelt[special] = key
+    return Holder(obj, ids, spelt)
+
+
+def _duplicate(pairs: list[tuple[str, Any]]) -> Refusal:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            break
+        seen.add(key)
+    return refuse(400, "duplicate_key", key, f"The JSON body repeats the key {key!r} in one object.")
+
+
+def _constant(name: str) -> None:
+    raise refuse(400, "non_finite_number", None, f"The JSON body contains {name}, which is not JSON.")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise refuse(400, "number_out_of_range", None, f"The JSON number {text[:40]} is out of range.")
+    return value
+
+
+_DECODERS = _Decoders()
+
+
+def read(body: bytes, max_members: int, max_depth: int) -> tuple[Any, list[Holder]]:
+    """The document and its objects holding ids, in the order their objects closed; a 400 Refusal for
+    anything parsers could read differently."""
+    if body.startswith(b"\xef\xbb\xbf"):
+        raise refuse(400, "bom", None, "The JSON body starts with a byte order mark.")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise refuse(400, "invalid_utf8", None, "The JSON body is not valid UTF-8.") from None
+    decoders = _DECODERS
+    holders = decoders.holders
+    holders.clear()
+    try:
+        doc = decoders.decoder.decode(text)
+    except Refusal:
+        raise
+    except RecursionError:
+        raise _too_deep(max_depth) from None
+    except json.JSONDecodeError as exc:
+        reason = "trailing_data" if exc.msg == "Extra data" else "invalid_json"
+        raise refuse(400, reason, None, f"The JSON body is not valid JSON: {exc.msg} at {exc.pos}.") from None
+    except ValueError as exc:
+        raise refuse(400, "invalid_json", None, f"The JSON body is not valid JSON: {exc}.") from None
+    found = holders[:]
+    holders.clear()
+    if body.count(b":") > max_members and _members(doc) > max_members:
+        raise too_many("members", max_members)
+    if body.count(b"[") + body.count(b"{") > max_depth and _depth(doc) > max_depth:
+        raise _too_deep(max_depth)
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and not _encodable(doc):
+        raise refuse(400, "lone_surrogate", None, "The JSON body escapes a lone UTF-16 surrogate.")
+    return doc, found
+
+
+def _too_deep(limit: int) -> Refusal:
+    return refuse(400, "too_deep", None, f"The JSON body nests deeper than {limit} levels.")
+
+
+def _depth(doc: Any) -> int:
+    deepest = 0
+    pending = [(doc, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if type(node) is dict:
+            children = node.values()
+        elif type(node) is list:
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        pending.extend((child, depth + 1) for child in children if type(child) in (dict, list))
+    return deepest
+
+
+def _members(doc: Any) -> int:
+    count = 0
+    pending = [doc]
+    while pending:
+        node = pending.pop()
+        if type(node) is dict:
+            count += len(node)
+            pending.extend(child for child in node.values() if type(child) in (dict, list))
+        elif type(node) is list:
+            pending.extend(child for child in node if type(child) in (dict, list))
+    return count
+
+
+def _encodable(doc: Any) -> bool:
+    try:
+        dump(doc)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def dump(doc: Any) -> bytes:
+    """A document FILL/FORCE changed: compact, key order kept, numbers as Python writes them."""
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def locate(doc: Any, objects: set[int]) -> dict[int, str]:
+    """Where each of these objects is (`$`, `$.messages[0]`), by a walk in document order."""
+    found: dict[int, str] = {}
+    pending: list[tuple[Any, str]] = [(doc, "$")]
+    while pending and len(found) < len(objects):
+        node, where = pending.pop()
+        if type(node) is dict:
+            if id(node) in objects:
+                found[id(node)] = where
+            pending.extend((v, f"{where}.{k}") for k, v in reversed(node.items()) if type(v) in (dict, list))
+        elif type(node) is list:
+            pending.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(node))) if type(v) in (dict, list))
+    return found
+
+
+def where(path: tuple[str | int, ...]) -> str:
+    return "$" + "".join([f"[{step}]" if type(step) is int else f".{step}" for step in path])
+
+
+class Target(NamedTuple):
+    """A declared location's object, or (obj None) the deepest existing object and the keys still missing."""
+
+    path: tuple[str | int, ...]
+    obj: dict[str, Any] | None
+    parent: dict[str, Any] | None = None
+    missing: tuple[str, ...] = ()
+
+
+def resolve(doc: Any, steps: tuple[JsonStep, ...]) -> list[Target]:
+    """The objects a declared location names, in document order; `[]` expands each element, an absent array
+    yields none, an absent object is a Target to create."""
+    if type(doc) is not dict:
+        raise refuse(400, "bad_location", None, "The JSON body must be an object.")
+    targets: list[Target] = []
+    _resolve(doc, steps, 0, (), targets)
+    return targets
+
+
+def _resolve(node: dict[str, Any], steps: tuple[JsonStep, ...], at: int, path: tuple[str | int, ...],
+             out: list[Target]) -> None:
+    if at == len(steps):
+        out.append(Target(path, node))
+        return
+    step = steps[at]
+    child = node.get(step.name)
+    here = (*path, step.name)
+    if child is None:
+        rest = steps[at:]
+        if not any(later.each for later in rest):
+            out.append(Target((*path, *(later.name for later in rest)), None, node, tuple(s.name for s in rest)))
+    elif step.each:
+        if type(child) is not list:
+            raise refuse(400, "bad_location", where(here)[2:], "Expected an array here.")
+        for index, element in enumerate(child):
+            if type(element) is not dict:
+                raise refuse(400, "bad_location", where((*here, index))[2:], "Expected an object here.")
+            _resolve(element, steps, at + 1, (*here, index), out)
+    elif type(child) is dict:
+        _resolve(child, steps, at + 1, here, out)
+    else:
+        raise refuse(400, "bad_location", where(here)[2:], "Expected an object here.")
+
+
+def materialise(target: Target) -> dict[str, Any]:
+    """The target's object, creating the missing ones (a `null` on the way counts as missing)."""
+    if target.obj is not None:
+        return target.obj
+    node = target.parent
+    assert node is not None
+    for name in target.missing:
+        child = node.get(name)
+        if type(child) is not dict:
+            child = node[name] = {}
+        node = child
+    return node
