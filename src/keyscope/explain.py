@@ -25,6 +25,8 @@ from .checks import Admission, Checks, UsageRecorder, refusal_headers
 from .endpoints import Endpoint
 from .errors import Refusal, refusal_body
 from .gateway import is_management
+from .limits import DEFAULT as DEFAULT_LIMITS
+from .limits import Limits
 from .models import ApiKey, PlatformEntry
 from .store.base import NotFound, Store
 from .types import Message, Scope
@@ -140,6 +142,7 @@ async def explain(
     client: str | None = None,
     trusted_proxies: Sequence[str] = (),
     max_body_size: int = 1024 * 1024,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Explanation:
     """Explain `method target` sent with `secret` (as `Authorization: App <secret>`) or as the key `key_id`.
 
@@ -160,7 +163,9 @@ async def explain(
         assert secret is not None
         authenticator = KeyAuthenticator(store, trusted_proxies=trusted_proxies)
         credentials = b"App " + secret.encode("utf-8", "surrogateescape")
-    checks = Checks(endpoints=endpoints, store=store, authenticator=authenticator, max_body_size=max_body_size)
+    checks = Checks(
+        endpoints=endpoints, store=store, authenticator=authenticator, max_body_size=max_body_size, limits=limits
+    )
     checks.usage = _NotUsed(store)
     scope = _scope(method, target, credentials, body, content_type, client)
     return await _run(checks, scope, body, Explanation(method, target, [], "forwarded", notes=notes))
@@ -283,7 +288,7 @@ def _describe(
         steps.append(Step("ids", title, False, refusal.detail, details))
         _skipped(steps, "existence")
         return
-    steps.append(_ids_step(scope, body, admission, key))
+    steps.append(_ids_step(scope, body, admission, key, checks.limits))
     # 5. existence
     if failed == "existence":
         assert refusal is not None
@@ -345,7 +350,7 @@ def _allowlist_step(key: ApiKey, found: Any, refused: bool) -> Step:
     return Step("allowlist", "Allowlist", True, summary + ", but a primary key may call any path")
 
 
-def _ids_step(scope: Scope, body: bytes, admission: Admission, key: ApiKey) -> Step:
+def _ids_step(scope: Scope, body: bytes, admission: Admission, key: ApiKey, limits: Limits) -> Step:
     """Where ids were found and which entry permitted each place; the rewrites FILL/FORCE made.
 
     admit() keeps only the outcome, so the places come from running the same pure inspection again on the
@@ -360,6 +365,7 @@ def _ids_step(scope: Scope, body: bytes, admission: Admission, key: ApiKey) -> S
         content_type=content_type,
         content_encoding=content_encoding,
         body=body if read else b"",
+        limits=limits,
     )
     places = [
         {"where": place.where, "ids": place.ids, "checkedAgainst": _entry_text(place.entry) if key.platform else "-"}
