@@ -305,3 +305,17 @@ def test_fill_into_a_multipart_body_keeps_it_readable() -> None:
 
 def test_unicode_database_sanity() -> None:
     assert unicodedata.normalize("NFKC", "\uff41") == "a"
+
+
+@pytest.mark.parametrize(("endpoint", "body"), [
+    (CREATE_CALL, {"Platform": {"applicationId": "app-b"}}),
+    (CREATE_CALL, {"PLATFORM": None}),
+    (METRICS, {"Request": {"filterBy": {"applicationId": "app-a"}}}),
+    (METRICS, {"request": {"filter_by": {"applicationId": "app-a"}}}),
+    (SMS_ADVANCED, {"meſſages": [{"applicationId": "app-b"}]}),
+])
+@pytest.mark.parametrize("k", [LINKED, FILL, key(action="FORCE")], ids=["linked", "fill", "force"])
+def test_a_declared_location_spelt_otherwise_is_refused(endpoint: Any, body: Any, k: ApiKey) -> None:
+    """Jackson and Go bind `Platform` to the declared `platform`; FILL must not add a second one beside it."""
+    r = refused(endpoint, k, body)
+    assert (r.status, r.reason) == (400, "id_name_case")

@@ -271,6 +271,8 @@ def _resolve(node: dict[str, Any], steps: tuple[JsonStep, ...], at: int, path: t
     child = node.get(step.name)
     here = (*path, step.name)
     if child is None:
+        if step.name not in node:
+            _refuse_misspelt(node, step.name, here)
         rest = steps[at:]
         if not any(later.each for later in rest):
             out.append(Target((*path, *(later.name for later in rest)), None, node, tuple(s.name for s in rest)))
@@ -285,6 +287,15 @@ def _resolve(node: dict[str, Any], steps: tuple[JsonStep, ...], at: int, path: t
         _resolve(child, steps, at + 1, here, out)
     else:
         raise refuse(400, "bad_location", where(here)[2:], "Expected an object here.")
+
+
+def _refuse_misspelt(node: dict[str, Any], name: str, here: tuple[str | int, ...]) -> None:
+    """A declared location's member spelt otherwise (`Platform`, `filter_by`) is the location itself to a
+    backend that binds names case-insensitively or by a naming strategy, and none to one that does not."""
+    folded = names.fold(name)
+    for key in node:
+        if names.fold(key) == folded:
+            raise refuse(400, "id_name_case", where((*here[:-1], key))[2:], f"Write {name} exactly as {name!r} here.")
 
 
 def materialise(target: Target) -> dict[str, Any]:
