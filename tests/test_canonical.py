@@ -1,4 +1,8 @@
-"""Step 1: which raw request targets and header sets are refused, and that whatever passes is canonical."""
+"""Step 1: which raw request targets and header sets are refused, and that whatever passes is canonical.
+
+Also the head's size limits: 414 past the target's bytes, 431 past the header lines or their bytes, decided in
+the order a server meets them (target, then header lines one by one), with any `Limits`.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,17 @@ from hypothesis import strategies as st
 
 from keyscope import canonical
 from keyscope.errors import Refusal
+from keyscope.limits import DEFAULT, Limits
+
+STATUS = {"too_long": 414, "too_many_headers": 431, "headers_too_large": 431}
 
 
 def reason(raw_path: bytes, query: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None,
-           method: bytes | str = b"GET") -> str | None:
+           method: bytes | str = b"GET", limits: Limits = DEFAULT) -> str | None:
     try:
-        canonical.check(method, raw_path, query, headers or [])
+        canonical.check(method, raw_path, query, headers or [], limits)
     except Refusal as refusal:
-        assert refusal.status == 400
+        assert refusal.status == STATUS.get(refusal.reason, 400)
         assert refusal.step == "canonical"
         assert refusal.detail
         return refusal.reason
@@ -169,12 +176,69 @@ def test_query_strings(query: bytes, expected: str | None) -> None:
     assert reason(b"/sms/1/logs", query) == expected
 
 
-def test_over_long_targets_are_refused() -> None:
-    half = canonical.MAX_TARGET // 2
+def test_over_long_targets_are_414() -> None:
+    # 414 since the limits came (it was a 400 before): the status says what to fix
+    half = DEFAULT.target_bytes // 2
     path = b"/" + b"a" * (half - 1)
     assert reason(path, b"q" * half) is None
     assert reason(path, b"q" * (half + 1)) == "too_long"
-    assert reason(b"/" + b"a" * canonical.MAX_TARGET) == "too_long"
+    assert reason(b"/" + b"a" * DEFAULT.target_bytes) == "too_long"
+    assert reason(b"/" + b"a" * 99, limits=Limits(target_bytes=100)) is None
+    assert reason(b"/" + b"a" * 99, b"q", limits=Limits(target_bytes=100)) == "too_long"
+    assert reason(b"/a%zz" + b"a" * DEFAULT.target_bytes) == "too_long"  # the size is decided first
+
+
+def test_header_lines_and_bytes_are_bounded() -> None:
+    lines = [(b"x-%d" % i, b"v") for i in range(DEFAULT.headers)]
+    assert reason(b"/a", headers=lines) is None
+    assert reason(b"/a", headers=[*lines, (b"x-one-more", b"v")]) == "too_many_headers"
+    assert reason(b"/a", headers=[*lines, (b"x-one-more", b"v")], limits=Limits(headers=101)) is None
+    name = b"x-big"
+    exact = [(name, b"v" * (DEFAULT.header_bytes - len(name)))]
+    assert reason(b"/a", headers=exact) is None
+    assert reason(b"/a", headers=[(name, exact[0][1] + b"v")]) == "headers_too_large"
+    assert reason(b"/a", headers=[(b"a", b"b"), (b"a", b"bc")], limits=Limits(header_bytes=4)) == "headers_too_large"
+    # sizes come before every other rule, as a server refuses them before it has the whole head
+    assert reason(b"/a", headers=[*lines, (b"x-http-method-override", b"PUT")]) == "too_many_headers"
+
+
+def _first_crossing(target: int, headers: list[tuple[bytes, bytes]], limits: Limits) -> str | None:
+    """The reference: what a server counting as the head arrives meets first."""
+    if target > limits.target_bytes:
+        return "too_long"
+    size = 0
+    for count, (name, value) in enumerate(headers, 1):
+        size += len(name) + len(value)
+        if count > limits.headers:
+            return "too_many_headers"
+        if size > limits.header_bytes:
+            return "headers_too_large"
+    return None
+
+
+_SIZED_HEADERS = st.lists(
+    st.tuples(st.sampled_from([b"a", b"host", b"X-Long-Name", b"b_c", b"content-type"]),
+              st.binary(min_size=0, max_size=12).map(lambda v: v.replace(b"\n", b"").replace(b"\r", b""))),
+    max_size=12,
+)
+
+
+@settings(max_examples=500)
+@given(st.integers(0, 40), _SIZED_HEADERS, st.integers(1, 30), st.integers(1, 8), st.integers(1, 80))
+def test_size_verdicts_are_the_first_limit_a_server_meets(
+    target: int, headers: list[tuple[bytes, bytes]], target_bytes: int, count: int, header_bytes: int
+) -> None:
+    limits = Limits(target_bytes=target_bytes, headers=count, header_bytes=header_bytes)
+    expected = _first_crossing(target, headers, limits)
+    try:
+        canonical.check("GET", b"/" + b"a" * max(0, target - 1), b"", headers, limits)
+    except Refusal as refusal:
+        if expected is not None:
+            assert refusal.reason == expected
+        else:
+            assert refusal.status == 400  # some other rule, never a size
+        return
+    assert expected is None
 
 
 @pytest.mark.parametrize(("method", "expected"), [
@@ -210,14 +274,62 @@ def test_methods(method: bytes | str, expected: str | None) -> None:
         ([(b"content-type", b"application/json"), (b"content-type", b"text/xml")], "duplicate_content_type"),
         ([(b"content-encoding", b"gzip"), (b"content-encoding", b"br")], "duplicate_content_encoding"),
         ([(b"transfer-encoding", b"chunked")], None),
+        ([(b"connection", b"close")], None),
+        ([(b"connection", b"Keep-Alive")], None),
+        ([(b"Connection", b"keep-alive, CLOSE")], None),
+        ([(b"connection", b" close ,keep-alive\t")], None),
+        ([(b"connection", b"content-type")], "connection_header"),
+        ([(b"connection", b"close, Content-Type")], "connection_header"),
+        ([(b"connection", b"keep-alive, x-http-method-override")], "connection_header"),
+        ([(b"connection", b"upgrade")], "connection_header"),
+        ([(b"connection", b"te")], "connection_header"),
+        ([(b"connection", b"close,")], "connection_header"),
+        ([(b"connection", b"")], "connection_header"),
+        ([(b"connection", b"close"), (b"connection", b"authorization")], "connection_header"),
+        ([(b"CONNECTION", b"x-forwarded-for")], "connection_header"),
     ],
 )
 def test_headers(headers: list[tuple[bytes, bytes]], expected: str | None) -> None:
     assert reason(b"/sms/3/messages", headers=headers) == expected
 
 
+GOOD_HOSTS = [b"gateway.test", b"gateway.test:8080", b"127.0.0.1", b"127.0.0.1:80", b"[::1]", b"[::1]:8080",
+              b"[2001:db8::7]:443", b"a_b.example", b"EXAMPLE.COM", b"x", b"[::ffff:192.0.2.1]"]
+BAD_HOSTS = [b"", b"a@b/provisioning/1/applications", b"a@b", b"a b", b"a%20b", b"a%2Fb", b"a/b", b"a:b",
+             b"a:", b"a:80:80", b"a:123456", b"[::1", b"::1", b"[zz::1]", b"[1.2.3.4]", b"[::1]x", b"a\tb",
+             b"caf\xc3\xa9.example", b"a\\b", b"a?b", b"a#b", b"user:pw@a", b"a,b", b"a;b", b" a", b"a "]
+
+
+@pytest.mark.parametrize("host", GOOD_HOSTS)
+def test_valid_hosts_are_accepted(host: bytes) -> None:
+    assert reason(b"/a", headers=[(b"host", host)]) is None
+    assert reason(b"/a", headers=[(b"Host", host), (b"x_y", b"1")]) is None  # the scanning path too
+
+
+@pytest.mark.parametrize("host", BAD_HOSTS)
+def test_invalid_hosts_are_refused(host: bytes) -> None:
+    assert reason(b"/a", headers=[(b"host", host)]) == "bad_host"
+    assert reason(b"/a", headers=[(b"Host", host), (b"x_y", b"1")]) == "bad_host"
+    assert reason(b"/a", headers=[(b"host", b"ok"), (b"connection", b"close")]) is None
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=24))
+def test_accepted_hosts_are_a_host_and_a_port(host: bytes) -> None:
+    if reason(b"/a", headers=[(b"host", host)]) is not None:
+        return
+    name, _, port = host.rpartition(b":") if not host.endswith(b"]") else (host, b"", b"")
+    if b"]" in name or name.startswith(b"["):
+        assert name.startswith(b"[") and name.endswith(b"]")
+    elif not name:
+        name, port = host, b""
+    assert port == b"" or port.isdigit()
+    assert re.fullmatch(rb"\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+", name)
+
+
 def test_reasons_are_documented() -> None:
     reasons = {expected for _, expected in REFUSED} | {"too_long", "bad_method", "method_override", "rewrite_header"}
+    reasons |= {"too_many_headers", "headers_too_large", "connection_header", "bad_host"}
     for code in reasons:
         assert code in (canonical.__doc__ or ""), code
 
@@ -317,9 +429,10 @@ _HEADER_NAMES = st.sampled_from([
     b"host", b"Host", b"content-length", b"Content-Length", b"content_length", b"content-type", b"content-encoding",
     b"transfer-encoding", b"Transfer_Encoding", b"authorization", b"Authorization", b"accept", b"x-forwarded-for",
     b"x-http-method-override", b"X-HTTP-Method", b"x_method_override", b"x-original-url", b"x-rewrite-url",
-    b"x-original-uri", b"x-custom", b"X-Custom", b"x_custom", b"123", b"",
+    b"x-original-uri", b"x-custom", b"X-Custom", b"x_custom", b"123", b"", b"connection", b"Connection",
 ])
-_HEADERS = st.lists(st.tuples(_HEADER_NAMES, st.sampled_from([b"1", b"a"])), max_size=6)
+_HEADER_VALUES = st.sampled_from([b"1", b"a", b"close", b"Keep-Alive", b"close, te", b"a@b", b"[::1]:80", b""])
+_HEADERS = st.lists(st.tuples(_HEADER_NAMES, _HEADER_VALUES), max_size=6)
 _TARGET_BYTES = st.lists(st.sampled_from([b"/", b"a", b".", b"..", b"%2e", b"%41", b"%20", b"%c3%a9", b"%", b";",
                                           b"\\", b"#", b" ", b"\x7f", b"\xc3", b"~", b"-", b"_", b"=", b"&", b"%2F"]),
                          max_size=12).map(b"".join)

@@ -59,7 +59,6 @@ def test_controls_pass(gateway: Gateway, echo: Echo, world: World) -> None:
         "/sms/1/%6Cogs",
         "http://gateway.test/sms/1/logs",
         "/sms/1/logs?applicationId=app-a#frag",
-        "/sms/1/" + "a" * 9000,
     ],
 )
 @pytest.mark.parametrize("who", ["primary", "pair", "nobody"])
@@ -69,6 +68,15 @@ def test_non_canonical_targets_are_refused_for_everyone(
     key = None if who == "nobody" else getattr(world, who)
     status, body = send_raw(gateway, echo, request_bytes("GET", target, key))
     assert status == 400, body
+    assert echo.log() == []
+
+
+@pytest.mark.parametrize("who", ["primary", "pair", "nobody"])
+def test_over_long_targets_are_414_for_everyone(who: str, gateway: Gateway, echo: Echo, world: World) -> None:
+    # 400 before the limits (keyscope.limits): 414 says what to fix
+    key = None if who == "nobody" else getattr(world, who)
+    status, body = send_raw(gateway, echo, request_bytes("GET", "/sms/1/" + "a" * 9000, key))
+    assert status == 414, body
     assert echo.log() == []
 
 

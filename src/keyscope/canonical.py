@@ -1,4 +1,4 @@
-"""Step 1: refuse every request target that is not already canonical.
+"""Step 1: refuse every request target and head that is not already canonical, or larger than the limits.
 
 keyscope never normalises a target: what the matcher sees is byte-for-byte what the backend gets, so a path
 that a backend could read differently from us (`/a/../b`, `/a%2Fb`, `//a`, `/a;x=y`) is refused with 400 for
@@ -14,15 +14,23 @@ refused, as Traefik does: a backend that decodes twice turns `%252F` into `/`. B
 The query string may hold any visible ASCII except `#`, with well-formed escapes; `;` in it is scope's
 business (it refuses a raw `;` where ids are read).
 
-Headers that make a backend see another method or path are refused, in any case and with `_` for `-`:
+Headers that make a backend see another method, path or body are refused, in any case and with `_` for `-`:
 method overrides, `X-Original-URL`/`X-Rewrite-URL`/`X-Original-URI`, both Content-Length and
 Transfer-Encoding, more than one Content-Length, Host, Content-Type or Content-Encoding (scope decides how to
-read a body by the last two).
+read a body by the last two), a `Connection` header naming anything but `close` or `keep-alive` (a proxy drops
+the headers it names: `Connection: content-type` would forward a body without the type it was inspected as),
+and a `Host` that is not `uri-host[:port]` (it goes upstream as X-Forwarded-Host).
 
-Reason codes (`Refusal.reason`, all with status 400 and step "canonical"):
+The head's size is bounded first (`keyscope.limits`): `check_head()` is the one verdict on it, which
+`keyscope.protocol` calls while the head arrives and `check()` calls on a whole head, in the same order (the
+target, then header lines one by one), so both refuse the same requests with the same reason.
+
+Reason codes (`Refusal.reason`, all with step "canonical"; status 400 unless given):
+    too_long               414: path and query together exceed `Limits.target_bytes` bytes
+    too_many_headers       431: more than `Limits.headers` header lines
+    headers_too_large      431: header names and values together exceed `Limits.header_bytes` bytes
     absolute_form          the target does not start with `/` (absolute-, authority- or asterisk-form)
     bad_method             the method is not an upper-case token (letters, then letters, `-`, `_`)
-    too_long               path and query together exceed MAX_TARGET bytes
     empty_segment          `//` in the path
     dot_segment            a `.` or `..` segment
     backslash              a raw `\\` in the path
@@ -44,15 +52,19 @@ Reason codes (`Refusal.reason`, all with status 400 and step "canonical"):
     rewrite_header         X-Original-URL, X-Rewrite-URL, X-Original-URI
     content_length_and_transfer_encoding
     duplicate_content_length, duplicate_host, duplicate_content_type, duplicate_content_encoding
+    connection_header      a Connection token other than `close` or `keep-alive` (any case, comma-separated)
+    bad_host               a Host that is not a reg-name (letters, digits, `-._`), an IPv4 address or an
+                           `[IPv6]` literal, with an optional `:port` of digits; an empty Host too
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from .errors import Refusal
-
-MAX_TARGET = 8192
+from .limits import DEFAULT as DEFAULT_LIMITS
+from .limits import Limits
 
 # The whole accepted path grammar, so the common case is one fullmatch.
 _PCHAR = rb"[A-Za-z0-9\-._~!$&'()*+,=:@]"
@@ -110,37 +122,88 @@ _COUNTED = {
     b"content-type": "duplicate_content_type",
     b"content-encoding": "duplicate_content_encoding",
     b"transfer-encoding": "",
+    b"connection": "",
 }
+_HOST = re.compile(rb"(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+_GOOD_HOSTS: set[bytes] = set()  # Host values seen to be valid: a client sends the same one every time
+_GOOD_HOSTS_MAX = 64
+_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive"})
+_PLAIN_CONNECTION = frozenset({b"close", b"keep-alive", b"Close", b"Keep-Alive"})
 
 
 HeaderMap = dict[bytes, bytes]
 
 
 def check(
-    method: bytes | str, raw_path: bytes, query_string: bytes, headers: list[tuple[bytes, bytes]]
+    method: bytes | str,
+    raw_path: bytes,
+    query_string: bytes,
+    headers: list[tuple[bytes, bytes]],
+    limits: Limits = DEFAULT_LIMITS,
 ) -> HeaderMap | None:
-    """Return if the request target and its framing headers are canonical; raise Refusal(400) otherwise.
+    """Return if the request head is within `limits` and canonical; raise Refusal (414, 431, 400) otherwise.
 
     What it returns is `header_map(headers)`, for the later steps to look headers up instead of scanning them.
     """
+    # header_map(), written out to measure the names it joins anyway
+    found: HeaderMap | None = dict(headers)
+    size = -1
+    if len(found) == len(headers):
+        names = b"".join(found)
+        size = len(names) + len(b"".join(found.values()))
+        if _UNDERSCORE in names or not names.islower():
+            found = None
+    else:
+        found = None
+    target = len(raw_path) + len(query_string)
+    if size < 0 or size > limits.header_bytes or target > limits.target_bytes or len(headers) > limits.headers:
+        _check_sizes(target, headers, limits)
     # The common case first, in a few C calls: a usual method, a path of plain segments (no escape, no segment
     # starting with `.`), a query of plain characters. Anything else takes the full check below, which also
     # names what is wrong.
     if not (
         method in _COMMON_METHODS
-        and len(raw_path) + len(query_string) <= MAX_TARGET
         and _PLAIN_PATH.fullmatch(raw_path) is not None
         and (not query_string or not query_string.translate(None, _PLAIN_QUERY))
     ):
         _check_target(method, raw_path, query_string)
-    found = header_map(headers)
     if (
         found is None
         or not _FORBIDDEN_NAMES.isdisjoint(found)
         or (b"content-length" in found and b"transfer-encoding" in found)
     ):
         _check_headers(headers)  # names in canonical form and each sent once cannot be duplicates
+        return found
+    host = found.get(b"host")
+    if host is not None and host not in _GOOD_HOSTS:
+        _check_host(host)
+    connection = found.get(b"connection")
+    if connection is not None and connection not in _PLAIN_CONNECTION:
+        _check_connection(connection)
     return found
+
+
+def check_head(limits: Limits, target_bytes: int, headers: int = 0, header_bytes: int = 0) -> None:
+    """The verdict on a request head's size so far: the target's bytes (path and query, without the `?`), the
+    header lines and their names' and values' bytes. Raises Refusal 414 or 431 past a limit."""
+    if target_bytes > limits.target_bytes:
+        raise Refusal(414, "too_long", "canonical", "path",
+                      f"The request target is longer than {limits.target_bytes} bytes.")
+    if headers > limits.headers:
+        raise Refusal(431, "too_many_headers", "canonical", "headers",
+                      f"The request has more than {limits.headers} header lines.")
+    if header_bytes > limits.header_bytes:
+        raise Refusal(431, "headers_too_large", "canonical", "headers",
+                      f"The request's headers are larger than {limits.header_bytes} bytes.")
+
+
+def _check_sizes(target: int, headers: list[tuple[bytes, bytes]], limits: Limits) -> None:
+    """`check_head()` as a server calls it while the head arrives: the target, then each header line."""
+    check_head(limits, target)
+    size = 0
+    for count, (name, value) in enumerate(headers, 1):
+        size += len(name) + len(value)
+        check_head(limits, 0, count, size)
 
 
 def header_map(headers: list[tuple[bytes, bytes]]) -> HeaderMap | None:
@@ -162,8 +225,6 @@ def _check_target(method: bytes | str, raw_path: bytes, query_string: bytes) -> 
         _refuse("bad_method", "method", "The method must be an upper-case token.")
     if not raw_path.startswith(b"/"):
         _refuse("absolute_form", "path", "The request target must be a path starting with '/'.")
-    if len(raw_path) + len(query_string) > MAX_TARGET:
-        _refuse("too_long", "path", f"The request target is longer than {MAX_TARGET} bytes.")
     if not _PATH.fullmatch(raw_path):
         _refuse_path(raw_path)
     if b"%" in raw_path and _HIGH_ESCAPE.search(raw_path):
@@ -252,7 +313,9 @@ _SPECIAL = {**{name: ("forbidden", reason) for name, reason in _FORBIDDEN_HEADER
 
 def _check_headers(headers: list[tuple[bytes, bytes]]) -> None:
     seen: dict[bytes, int] = {}
-    for name, _ in headers:
+    hosts: list[bytes] = []
+    connections: list[bytes] = []
+    for name, value in headers:
         special = _SPECIAL.get(name)
         if special is None:
             if name.islower() and _UNDERSCORE not in name:
@@ -265,6 +328,10 @@ def _check_headers(headers: list[tuple[bytes, bytes]]) -> None:
         if kind == "forbidden":
             _refuse(reason, name.decode("latin-1"), "This header would make the backend see another method or path.")
         seen[name] = seen.get(name, 0) + 1
+        if name == b"host":
+            hosts.append(value)
+        elif name == b"connection":
+            connections.append(value)
     if not seen:
         return
     if b"content-length" in seen and b"transfer-encoding" in seen:
@@ -277,3 +344,31 @@ def _check_headers(headers: list[tuple[bytes, bytes]]) -> None:
         if count > 1 and _COUNTED[name]:
             header = name.decode("latin-1")
             _refuse(_COUNTED[name], header, f"The request carries more than one {header} header.")
+    for host in hosts:
+        _check_host(host)
+    for connection in connections:
+        _check_connection(connection)
+
+
+def _check_host(value: bytes) -> None:
+    """RFC 9112 section 3.2: `uri-host [":" port]`; remembered once valid."""
+    if _HOST.fullmatch(value) is None or (value.startswith(b"[") and not _is_ipv6(value[1 : value.index(b"]")])):
+        _refuse("bad_host", "host", "The Host header must be a host name or IP address with an optional port.")
+    if len(_GOOD_HOSTS) >= _GOOD_HOSTS_MAX:
+        _GOOD_HOSTS.clear()
+    _GOOD_HOSTS.add(value)
+
+
+def _is_ipv6(text: bytes) -> bool:
+    try:
+        ipaddress.IPv6Address(text.decode("ascii"))
+    except ValueError:
+        return False
+    return True
+
+
+def _check_connection(value: bytes) -> None:
+    """Only `close` and `keep-alive`: any other token names a header that a proxy on the way would drop."""
+    for token in value.split(b","):
+        if token.strip(b" \t").lower() not in _CONNECTION_TOKENS:
+            _refuse("connection_header", "connection", "The Connection header may only say close or keep-alive.")

@@ -164,10 +164,13 @@ class Checks:
         self.watcher = ChangeWatcher(store, self.changed)
 
     def target(self, scope: Scope) -> HeaderMap | None:
-        """Step 1, for every caller: the raw target and framing headers must already be canonical.
+        """Step 1, for every caller: the head must be within the limits, the raw target and framing headers
+        already canonical.
 
         Returns `canonical.header_map()` of the request's headers, for `admit()`."""
-        return canonical.check(scope["method"], scope["raw_path"], scope["query_string"], scope["headers"])
+        return canonical.check(
+            scope["method"], scope["raw_path"], scope["query_string"], scope["headers"], self.limits
+        )
 
     async def admit(
         self, scope: Scope, receive: Receive, admission: Admission, headers: HeaderMap | None = None
@@ -240,8 +243,8 @@ class Checks:
                 raise Refusal(403, reason="not_allowlisted", step="allowlist", detail="path is not allowlisted")
             raise Refusal(403, reason="method_not_allowed", step="allowlist", detail="method is not allowlisted")
 
-    @staticmethod
     def _inspect(
+        self,
         scope: Scope,
         key: ApiKey,
         content_type: bytes | None,
@@ -257,6 +260,7 @@ class Checks:
             content_type=content_type,
             content_encoding=content_encoding,
             body=b"" if body is None else body,
+            limits=self.limits,
         )
         admission.entry = decision.entry
         admission.query = decision.query

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -18,7 +19,12 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .limits import DEFAULT as DEFAULT_LIMITS
+from .limits import Limits
+
 DEFAULT_STORE = "sqlite:///keyscope.db"
+DEFAULT_HEADER_TIMEOUT = 30.0
+"""Seconds a connection may take to send a request head (nginx's client_header_timeout is 60)."""
 WORKER_ENV = "KEYSCOPE_WORKER_SETTINGS"
 """How `serve --workers N` hands the validated settings to the worker processes it spawns."""
 
@@ -45,6 +51,25 @@ class Settings:
     access_log: bool = True
     admin_listen: str | None = None
     admin_idle_timeout: float | None = None
+    max_header_bytes: int = DEFAULT_LIMITS.header_bytes
+    max_headers: int = DEFAULT_LIMITS.headers
+    max_target_bytes: int = DEFAULT_LIMITS.target_bytes
+    max_params: int = DEFAULT_LIMITS.params
+    max_parts: int = DEFAULT_LIMITS.parts
+    max_json_members: int = DEFAULT_LIMITS.json_members
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+
+    def limits(self) -> Limits:
+        """The bounds on every input these settings name (the rest at their defaults)."""
+        return Limits(
+            header_bytes=self.max_header_bytes,
+            headers=self.max_headers,
+            target_bytes=self.max_target_bytes,
+            params=self.max_params,
+            parts=self.max_parts,
+            json_members=self.max_json_members,
+            json_depth=DEFAULT_LIMITS.json_depth,
+        )
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -65,6 +90,7 @@ class Settings:
 
 
 _NAMES = tuple(f.name for f in fields(Settings))
+_LIMITS = ("max_header_bytes", "max_headers", "max_target_bytes", "max_params", "max_parts", "max_json_members")
 
 
 def load(
@@ -186,6 +212,11 @@ def validate(settings: Settings) -> Settings:
             raise ConfigError(f"admin-listen {settings.admin_listen!r} must not use the traffic port {settings.port}")
     if settings.admin_idle_timeout is not None and not settings.admin_idle_timeout > 0:
         raise ConfigError("admin-idle-timeout must be a positive number of seconds")
+    for name in _LIMITS:
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
+    if not 0 < settings.header_timeout < math.inf:
+        raise ConfigError("header-timeout must be a positive number of seconds")
     return dataclasses.replace(settings, upstream=upstream)
 
 

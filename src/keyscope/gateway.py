@@ -23,10 +23,12 @@ from collections.abc import Sequence
 from . import accesslog, admin
 from .auth import KeyAuthenticator
 from .checks import Admission, Checks, ClientGone, refusal_answer, refuse
-from .config import Settings
+from .config import DEFAULT_HEADER_TIMEOUT, Settings
 from .endpoints import Endpoint
 from .endpoints import load as load_endpoints
 from .errors import Refusal
+from .limits import DEFAULT as DEFAULT_LIMITS
+from .limits import Limits
 from .proxy import Upstream
 from .store import Store, store_from_url
 from .types import Message, Receive, Scope, Send
@@ -38,19 +40,21 @@ _ADMITTED = "keyscope.admitted"
 """Scope key under which `early()` hands an admitted request (its Admission and start time) to `__call__`."""
 _PROVISIONING = b"/provisioning/1"
 _API_KEYS = b"/settings/2/api-keys"
+_MANAGEMENT_FIRST = frozenset(b"pPsS")
 
 
 def is_management(raw_path: bytes) -> bool:
-    """`/provisioning/1[/...]` and `/settings/2/api-keys[/...]`, on whole segments, on the canonical raw path.
+    """Whether the canonical raw path starts with `/provisioning/1` or `/settings/2/api-keys`, in any letter case.
 
-    In any letter case: a backend that ignores case must never receive a management path (with the
-    upstream's own credentials) just because keyscope's routes are case-sensitive.
+    Whatever follows counts: a backend may route `/settings/2/api-keys.json` (Rails' `(.:format)`),
+    `/settings/2/api-keys.` or `/settings/2/api-keys~` (Spring's suffix matching), `/provisioning/10` (a proxy's
+    plain prefix match) or `/PROVISIONING/1` (case-insensitive routing) to its management endpoints, with the
+    upstream's own credentials. All of it is the admin app's, which answers 404 for what it does not know.
     """
-    path = raw_path.lower()
-    for prefix in (_PROVISIONING, _API_KEYS):
-        if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == 0x2F):
-            return True
-    return False
+    if len(raw_path) < len(_PROVISIONING) or raw_path[1] not in _MANAGEMENT_FIRST:
+        return False
+    start = raw_path[: len(_API_KEYS)].lower()
+    return start.startswith(_PROVISIONING) or start == _API_KEYS
 
 
 class Gateway:
@@ -64,9 +68,14 @@ class Gateway:
         key_cache_ttl: float = 5.0,
         trusted_proxies: Sequence[str] = (),
         max_body_size: int = 1024 * 1024,
+        limits: Limits = DEFAULT_LIMITS,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     ) -> None:
         self.store = store
         self.upstream = upstream
+        self.limits = limits
+        """The bounds on every input; `keyscope.protocol` reads them (and `header_timeout`) from the app."""
+        self.header_timeout = header_timeout
         self.authenticator = KeyAuthenticator(
             store, ttl=key_cache_ttl, negative_ttl=key_cache_ttl, trusted_proxies=trusted_proxies
         )
@@ -76,6 +85,7 @@ class Gateway:
             authenticator=self.authenticator,
             max_body_size=max_body_size,
             id_cache_ttl=key_cache_ttl,
+            limits=limits,
         )
         self.admin = admin.create_app(
             store, admin_token=admin_token, authenticator=self.authenticator, on_change=self.checks.known_ids.clear
@@ -99,6 +109,8 @@ class Gateway:
             key_cache_ttl=settings.key_cache_ttl,
             trusted_proxies=settings.trusted_proxies,
             max_body_size=settings.max_body_size,
+            limits=settings.limits(),
+            header_timeout=settings.header_timeout,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -11,7 +11,15 @@ Starlette and FastAPI read it as `request.state.keyscope`.
 
 A store given as a URL is opened at lifespan start-up (or on the first request) and closed at shutdown; a
 `Store` object is used as given (open it before the first request). Either way the middleware hears of
-changes other processes make to keys (`keyscope.watch`) from the first request on. WebSocket connections are closed: they would bypass every check.
+changes other processes make to keys (`keyscope.watch`) from the first request on. WebSocket connections are
+closed: they would bypass every check.
+
+What is checked is what the app gets. Step 1 bounds the head (`limits`, the same 414/431 as `keyscope serve`)
+and refuses what a server's parsing could make ambiguous. Trailers of a chunked body are never headers to the
+app: uvicorn's h11 protocol drops them, its httptools protocol appends them to the scope's header list as they
+arrive, so a chunked request's list is copied when step 1 has read it (trailers that arrived with the head, before
+the checks ran, are then checked like any header). Memory before the app runs is the server's business: h11
+bounds an incomplete head (`h11_max_incomplete_event_size`, 16 KiB), uvicorn's httptools protocol does not.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from .checks import Admission, Checks, ClientGone, refuse
 from .endpoints import Endpoint
 from .endpoints import load as load_endpoints
 from .errors import Refusal
+from .limits import DEFAULT as DEFAULT_LIMITS
+from .limits import Limits
 from .store import Store, store_from_url
 from .types import ASGIApp, Message, Receive, Scope, Send
 
@@ -43,6 +53,7 @@ class KeyScopeMiddleware:
         key_cache_ttl: float = 5.0,
         trusted_proxies: Sequence[str] = (),
         max_body_size: int = 1024 * 1024,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.app = app
         if endpoints is None or isinstance(endpoints, (str, os.PathLike)):
@@ -60,6 +71,7 @@ class KeyScopeMiddleware:
             authenticator=self.authenticator,
             max_body_size=max_body_size,
             id_cache_ttl=key_cache_ttl,
+            limits=limits,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -75,7 +87,12 @@ class KeyScopeMiddleware:
         try:
             if not self._ready:
                 await self._open()
-            await checks.admit(scope, receive, admission, checks.target(scope))
+            headers = checks.target(scope)
+            if headers is None or b"transfer-encoding" in headers:
+                # A chunked body may end in trailers, which uvicorn's httptools protocol appends to this very list
+                # as they arrive: what the checks read and the app gets is the head as checked, a copy of it.
+                scope = {**scope, "headers": list(scope["headers"])}
+            await checks.admit(scope, receive, admission, headers)
         except Refusal as refusal:
             await refuse(send, refusal, admission.family)
             admission.log(started, scope, accesslog.REFUSED, refusal.status, refusal)

@@ -112,20 +112,18 @@ class Upstream:
     def request_headers(self, scope: Scope, identity: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
         """The headers the backend gets: the client's, minus what must not pass, plus keyscope's own.
 
-        One pass over the client's headers; those named in `Connection` are only known at its end, so they
-        are filtered out afterwards (rarely needed: clients seldom name any).
+        The headers dropped are a fixed set: step 1 admits a `Connection` header only when it says `close` or
+        `keep-alive`, so it never names an end-to-end header the checks read (a proxy that dropped the headers
+        named there would forward a body without the Content-Type it was inspected as). The Host step 1
+        validated goes up as X-Forwarded-Host.
         """
-        named: set[bytes] | None = None
         host = b""
         client_forwarded_for = b""
         headers: list[tuple[bytes, bytes]] = []
         for name, value in scope["headers"]:
             plain = name.replace(b"_", b"-") if b"_" in name else name
             if plain in _DROP_REQUEST:
-                if plain == b"connection":
-                    named = named or set()
-                    named.update(token.strip().lower() for token in value.split(b","))
-                elif plain == b"host" and plain is name:
+                if plain == b"host" and plain is name:
                     host = value
                 elif plain == b"x-forwarded-for" and plain is name:
                     client_forwarded_for = value if not client_forwarded_for else client_forwarded_for + b", " + value
@@ -133,8 +131,6 @@ class Upstream:
             if plain.startswith(_KEYSCOPE_PREFIX):
                 continue
             headers.append((name, value))
-        if named:
-            headers = [(n, v) for n, v in headers if (n.replace(b"_", b"-") if b"_" in n else n) not in named]
         peer = scope.get("client")
         peer_host = peer[0].encode("latin-1") if peer else b""
         forwarded_for = peer_host

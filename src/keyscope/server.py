@@ -51,6 +51,13 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     },
     "admin_listen": {"metavar": "HOST:PORT", "help": "serve the web interface there (needs the admin token)"},
     "admin_idle_timeout": {"type": float, "metavar": "SECONDS", "help": "web sessions end after this idle time"},
+    "max_header_bytes": {"type": int, "metavar": "BYTES", "help": "header names and values per request (32 KiB; 431)"},
+    "max_headers": {"type": int, "metavar": "N", "help": "header lines per request (default 100; 431)"},
+    "max_target_bytes": {"type": int, "metavar": "BYTES", "help": "path and query per request (default 8192; 414)"},
+    "max_params": {"type": int, "metavar": "N", "help": "query and form parameters per request (default 100; 400)"},
+    "max_parts": {"type": int, "metavar": "N", "help": "parts of a multipart body (default 100; 400)"},
+    "max_json_members": {"type": int, "metavar": "N", "help": "members of a JSON body's objects (10000; 400)"},
+    "header_timeout": {"type": float, "metavar": "SECONDS", "help": "time to send a request head (default 30)"},
 }
 
 
