@@ -319,3 +319,24 @@ def test_a_declared_location_spelt_otherwise_is_refused(endpoint: Any, body: Any
     """Jackson and Go bind `Platform` to the declared `platform`; FILL must not add a second one beside it."""
     r = refused(endpoint, k, body)
     assert (r.status, r.reason) == (400, "id_name_case")
+
+
+@pytest.mark.parametrize("other", ["[applicationId]", "applicationId]", "application_id"])
+def test_two_names_of_one_id_in_a_json_object_are_ambiguous(other: str) -> None:
+    body = {"messages": [{other: "app-b", "applicationId": "app-a"}]}
+    assert refused(SMS_ADVANCED, LINKED, body).reason == "duplicate_id"
+
+
+@pytest.mark.parametrize("content_type", [
+    b"multipart/form-data; boundary*=other; boundary=XyZ",  # Django and PHP take boundary*
+    b"multipart/form-data; boundary='XyZ'",  # PHP unquotes it
+])
+def test_content_type_parameters_parsers_read_differently_are_refused(content_type: bytes) -> None:
+    r = refused(EMAIL_SEND, LINKED, multipart(("applicationId", "app-a")), content_type=content_type)
+    assert (r.status, r.reason) == (415, "uninspectable_body")
+
+
+def test_a_single_quoted_part_name_is_refused() -> None:
+    """PHP reads name='applicationId' as applicationId; every other parser keeps the quotes."""
+    body = b"--XyZ\r\nContent-Disposition: form-data; name='applicationId'\r\n\r\napp-b\r\n--XyZ--\r\n"
+    assert refused(EMAIL_SEND, PRIMARY, body, content_type=MULTIPART_CT).reason == "bad_multipart"

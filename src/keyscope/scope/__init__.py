@@ -95,7 +95,7 @@ class Decision:
 
     @property
     def places(self) -> list[Place]:
-        unknown = {id(s.obj) for s in self._slots if not s.where and s.obj is not None}
+        unknown = {id(s.obj) for s in self._slots if not s.located() and s.obj is not None}
         found = jsonbody.locate(self._doc, unknown) if unknown else {}
         return [Place(s.where or found[id(s.obj)], s.ids, s.entries[0] if s.entries else None) for s in self._slots]
 

@@ -41,11 +41,19 @@ def parse(raw: bytes, what: str, limit: int) -> list[Param]:
     if b"%" in raw and _BAD_ESCAPE.search(raw):
         raise refuse(400, "bad_escape", what, f"The {what} contains a malformed percent-escape.")
     params = []
+    plain = b"%" not in raw and b"+" not in raw
     for piece in raw.split(b"&"):
         if piece:
             raw_name, eq, raw_value = piece.partition(b"=")
-            params.append(Param(raw_name, raw_value if eq else None, decode(raw_name), decode(raw_value)))
+            if plain:
+                name, value = raw_name.decode("utf-8", "surrogateescape"), raw_value.decode("utf-8", "surrogateescape")
+            else:
+                name, value = decode(raw_name), decode(raw_value)
+            params.append(_new(Param, (raw_name, raw_value if eq else None, name, value)))
     return params
+
+
+_new = tuple.__new__
 
 
 def decode(raw: bytes) -> str:

@@ -55,10 +55,11 @@ def _learn(obj: dict[str, Any]) -> None:
             _FOLDS[key] = names.fold(key)
 
 
-def _decoder() -> tuple[json.JSONDecoder, list[Holder]]:
+def _decoder() -> tuple[json.JSONDecoder, list[Holder], list[int]]:
     """A strict decoder whose object hook also lists, in `holders`, the objects holding ids."""
     holders: list[Holder] = []
-    folds = _FOLDS
+    members = [0]  # members of the objects decoded so far, reset by read()
+    fold = _FOLDS.__getitem__
     special_names = _SPECIAL_NAMES
 
     def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -66,28 +67,29 @@ def _decoder() -> tuple[json.JSONDecoder, list[Holder]]:
         count = len(pairs)
         if len(obj) != count:
             raise _duplicate(pairs)
+        members[0] += count
         if count > 1:
             try:
-                distinct = len({folds[key] for key in obj})
+                distinct = len(set(map(fold, obj)))
             except KeyError:
                 _learn(obj)
-                distinct = len({folds[key] for key in obj})
+                distinct = len(set(map(fold, obj)))
             if distinct != count:
                 raise _collision(obj)
-        elif count and pairs[0][0] not in folds:
+        elif count and pairs[0][0] not in _FOLDS:
             _learn(obj)
         if not special_names.isdisjoint(obj):
             holders.append(_holder(obj))
         return obj
 
-    return json.JSONDecoder(object_pairs_hook=hook, parse_constant=_constant, parse_float=_float), holders
+    return json.JSONDecoder(object_pairs_hook=hook, parse_constant=_constant, parse_float=_float), holders, members
 
 
 class _Decoders(threading.local):
     """One decoder per thread: its hook's list of holders belongs to the decode running in that thread."""
 
     def __init__(self) -> None:
-        self.decoder, self.holders = _decoder()
+        self.decoder, self.holders, self.members = _decoder()
 
 
 
@@ -108,17 +110,22 @@ def _collision(obj: dict[str, Any]) -> Refusal:
 def _holder(obj: dict[str, Any]) -> Holder:
     ids: dict[str, str | None] = {}
     spelt: dict[str, str] = {}
+    special = _SPECIAL
     for key, value in obj.items():
-        special = _SPECIAL.get(key)
-        if special is None:
-            continue
-        if special not in names.KINDS:
-            raise special_name(special, key, "JSON body")
-        if value is not None and type(value) is not str:
-            raise refuse(400, "id_not_string", key, f"{key} must be a string or null.")
-        ids[special] = value
-        spelt[special] = key
-    return Holder(obj, ids, spelt)
+        kind = special.get(key)
+        if kind is not None:
+            if kind != "applicationId" and kind != "entityId":
+                raise special_name(kind, key, "JSON body")
+            if value is not None and type(value) is not str:
+                raise refuse(400, "id_not_string", key, f"{key} must be a string or null.")
+            if kind in ids:
+                raise refuse(400, "duplicate_id", key, f"This object names {kind} twice.")
+            ids[kind] = value
+            spelt[kind] = key
+    return _tuple(Holder, (obj, ids, spelt))
+
+
+_tuple = tuple.__new__
 
 
 def _duplicate(pairs: list[tuple[str, Any]]) -> Refusal:
@@ -147,15 +154,14 @@ _DECODERS = _Decoders()
 def read(body: bytes, max_members: int, max_depth: int) -> tuple[Any, list[Holder]]:
     """The document and its objects holding ids, in the order their objects closed; a 400 Refusal for
     anything parsers could read differently."""
-    if body.startswith(b"\xef\xbb\xbf"):
-        raise refuse(400, "bom", None, "The JSON body starts with a byte order mark.")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise refuse(400, "invalid_utf8", None, "The JSON body is not valid UTF-8.") from None
     decoders = _DECODERS
-    holders = decoders.holders
+    holders, members = decoders.holders, decoders.members
     holders.clear()
+    members[0] = 0
     try:
         doc = decoders.decoder.decode(text)
     except Refusal:
@@ -163,19 +169,35 @@ def read(body: bytes, max_members: int, max_depth: int) -> tuple[Any, list[Holde
     except RecursionError:
         raise _too_deep(max_depth) from None
     except json.JSONDecodeError as exc:
+        if body.startswith(b"\xef\xbb\xbf"):
+            raise refuse(400, "bom", None, "The JSON body starts with a byte order mark.") from None
         reason = "trailing_data" if exc.msg == "Extra data" else "invalid_json"
         raise refuse(400, reason, None, f"The JSON body is not valid JSON: {exc.msg} at {exc.pos}.") from None
     except ValueError as exc:
         raise refuse(400, "invalid_json", None, f"The JSON body is not valid JSON: {exc}.") from None
     found = holders[:]
     holders.clear()
-    if body.count(b":") > max_members and _members(doc) > max_members:
+    if members[0] > max_members:
         raise too_many("members", max_members)
-    if body.count(b"[") + body.count(b"{") > max_depth and _depth(doc) > max_depth:
+    if _brackets_over(body, max_depth) and _depth(doc) > max_depth:
         raise _too_deep(max_depth)
-    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and not _encodable(doc):
+    if b"\\" in body and "\\u" in text and _SURROGATE_ESCAPE.search(text) and not _encodable(doc):
         raise refuse(400, "lone_surrogate", None, "The JSON body escapes a lone UTF-16 surrogate.")
     return doc, found
+
+
+def _brackets_over(body: bytes, limit: int) -> bool:
+    """Whether the body holds more than `limit` opening brackets: only then can it nest deeper than that
+    (found one at a time: bodies hold few, and a search for one byte is fast)."""
+    count = 0
+    for bracket in b"{[":
+        at = body.find(bracket)
+        while at >= 0:
+            count += 1
+            if count > limit:
+                return True
+            at = body.find(bracket, at + 1)
+    return False
 
 
 def _too_deep(limit: int) -> Refusal:
@@ -196,19 +218,6 @@ def _depth(doc: Any) -> int:
         deepest = max(deepest, depth)
         pending.extend((child, depth + 1) for child in children if type(child) in (dict, list))
     return deepest
-
-
-def _members(doc: Any) -> int:
-    count = 0
-    pending = [doc]
-    while pending:
-        node = pending.pop()
-        if type(node) is dict:
-            count += len(node)
-            pending.extend(child for child in node.values() if type(child) in (dict, list))
-        elif type(node) is list:
-            pending.extend(child for child in node if type(child) in (dict, list))
-    return count
 
 
 def _encodable(doc: Any) -> bool:
@@ -257,36 +266,35 @@ def resolve(doc: Any, steps: tuple[JsonStep, ...]) -> list[Target]:
     yields none, an absent object is a Target to create."""
     if type(doc) is not dict:
         raise refuse(400, "bad_location", None, "The JSON body must be an object.")
-    targets: list[Target] = []
-    _resolve(doc, steps, 0, (), targets)
+    current: list[tuple[tuple[str | int, ...], dict[str, Any]]] = [((), doc)]
+    missing: list[Target] = []
+    for at, step in enumerate(steps):
+        name, following = step.name, []
+        for path, node in current:
+            child = node.get(name)
+            if child is None:
+                if name not in node:
+                    _refuse_misspelt(node, name, (*path, name))
+                rest = steps[at:]
+                if not any(later.each for later in rest):
+                    missing.append(Target((*path, *(later.name for later in rest)), None, node,
+                                          tuple(later.name for later in rest)))
+            elif step.each:
+                if type(child) is not list:
+                    raise refuse(400, "bad_location", where((*path, name))[2:], "Expected an array here.")
+                for index, element in enumerate(child):
+                    if type(element) is not dict:
+                        raise refuse(400, "bad_location", where((*path, name, index))[2:], "Expected an object here.")
+                    following.append(((*path, name, index), element))
+            elif type(child) is dict:
+                following.append(((*path, name), child))
+            else:
+                raise refuse(400, "bad_location", where((*path, name))[2:], "Expected an object here.")
+        current = following
+    targets = [_tuple(Target, (path, node, None, ())) for path, node in current]
+    if missing:  # in document order, among the objects found
+        targets = sorted(targets + missing, key=lambda target: target.path)
     return targets
-
-
-def _resolve(node: dict[str, Any], steps: tuple[JsonStep, ...], at: int, path: tuple[str | int, ...],
-             out: list[Target]) -> None:
-    if at == len(steps):
-        out.append(Target(path, node))
-        return
-    step = steps[at]
-    child = node.get(step.name)
-    here = (*path, step.name)
-    if child is None:
-        if step.name not in node:
-            _refuse_misspelt(node, step.name, here)
-        rest = steps[at:]
-        if not any(later.each for later in rest):
-            out.append(Target((*path, *(later.name for later in rest)), None, node, tuple(s.name for s in rest)))
-    elif step.each:
-        if type(child) is not list:
-            raise refuse(400, "bad_location", where(here)[2:], "Expected an array here.")
-        for index, element in enumerate(child):
-            if type(element) is not dict:
-                raise refuse(400, "bad_location", where((*here, index))[2:], "Expected an object here.")
-            _resolve(element, steps, at + 1, (*here, index), out)
-    elif type(child) is dict:
-        _resolve(child, steps, at + 1, here, out)
-    else:
-        raise refuse(400, "bad_location", where(here)[2:], "Expected an object here.")
 
 
 def _refuse_misspelt(node: dict[str, Any], name: str, here: tuple[str | int, ...]) -> None:

@@ -42,7 +42,11 @@ def media_type(content_type: bytes) -> tuple[str, dict[str, bytes]]:
         name = match.group(1).lower().decode()
         if name in params:
             raise Uninspectable(f"Content-Type repeats the parameter {name}")
-        params[name] = match.group(2).strip(b'"')
+        value = match.group(2)
+        if name.endswith("*") or value.startswith(b"'"):
+            # Django and PHP take `boundary*=` (RFC 2231) over `boundary=`; PHP unquotes 'single quotes'
+            raise Uninspectable(f"Content-Type has a parameter {name} that parsers read differently")
+        params[name] = value.strip(b'"')
         pos = match.end()
     return mime.decode(), params
 
@@ -141,6 +145,8 @@ def _disposition(value: bytes) -> tuple[bytes, dict[str, bytes]]:
         if name.endswith("*") or name in params:
             raise _bad("A multipart Content-Disposition repeats a parameter or uses name*=.")
         raw = match.group(2)
+        if raw.startswith(b"'"):
+            raise _bad("A multipart Content-Disposition single-quotes a parameter (PHP unquotes it, others do not).")
         params[name] = raw[1:-1] if raw.startswith(b'"') else raw
         pos = match.end()
     return head.strip().lower(), params

@@ -8,8 +8,6 @@ checks every place for a linked key's entries, declared locations first, and rai
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, NamedTuple
 
 from ..endpoints import IdLocation
@@ -29,21 +27,46 @@ NO_BODY = Body("none")
 OPAQUE = Body("opaque")
 
 
-@dataclass(slots=True, eq=False)
 class Slot:
     """A place being decided: where it is ("" until located), its ids and their names as written, whether
-    FILL/FORCE can write it, its JSON object or the declared location to create, who permits it."""
+    FILL/FORCE can write it, its JSON object or the declared location to create, who permits it.
 
-    where: str
-    ids: dict[str, str | None]
-    names: dict[str, str]
-    writable: bool
-    obj: dict[str, Any] | None = None
-    target: jsonbody.Target | None = None
-    entries: list[PlatformEntry] = field(default_factory=list)
+    Compared by identity: two places holding equal ids are still two places."""
+
+    __slots__ = ("where", "ids", "names", "writable", "obj", "target", "path", "entries")
+
+    def __init__(
+        self,
+        where: str,
+        ids: dict[str, str | None],
+        names: dict[str, str],
+        writable: bool,
+        obj: dict[str, Any] | None = None,
+        target: jsonbody.Target | None = None,
+        path: tuple[str | int, ...] | None = None,
+    ) -> None:
+        self.where = where
+        self.ids = ids
+        self.names = names
+        self.writable = writable
+        self.obj = obj
+        self.target = target
+        self.path = path
+        self.entries: list[PlatformEntry] = _NONE
+
+    def located(self) -> str:
+        """`where`, from the JSON path when a declared location found the place (refusals and the
+        explainer ask; a place found elsewhere is located by a walk, see `Decision.places`)."""
+        if not self.where and self.path is not None:
+            self.where = jsonbody.where(self.path)
+        return self.where
 
     def field(self, name: str) -> str:
-        return name if self.where in ("$", "query", "form") else f"{self.where[2:]}.{name}"
+        where = self.located()
+        return name if where in ("$", "query", "form") else f"{where[2:]}.{name}"
+
+
+_NONE: list[PlatformEntry] = []  # no entry permits the place (yet); never changed in place
 
 
 class Reading:
@@ -136,28 +159,38 @@ def decide(entries: tuple[PlatformEntry, ...], reading: Reading, locations: tupl
                 raise refuse(400, "id_name_case", slot.field(name), f"Write {kind} exactly as {kind!r} here.")
         if action == "FORCE" and slot.writable:
             reading.write(slot, action_ids)
-        slot.entries = [entries[at] for at, ids in enumerate(rules) if requires(ids, slot.ids)]
+        slot.entries = _requiring(entries, rules, slot.ids)
         if slot.entries:
             continue
         if action == "FILL" and slot.writable and allows(action_ids, slot.ids):
             reading.write(slot, {k: v for k, v in action_ids.items() if slot.ids.get(k) is None})
-            slot.entries = [entries[at] for at, ids in enumerate(rules) if requires(ids, slot.ids)]
+            slot.entries = _requiring(entries, rules, slot.ids)
             continue
         agreeing = next((ids for ids in rules if allows(ids, slot.ids)), None)
         if agreeing is None:
             raise out_of_scope(rules, slot)
         raise refuse(403, "id_missing", slot.field(next(k for k in agreeing if slot.ids.get(k) is None)),
                      "This key's requests must name their ids here.")
-    named = reading.named()
-    if not named:
+    others = [slot for slot in reading.named() if slot not in declared]
+    if not others:
         return declared
-    seen = {id(slot) for slot in declared}
-    others = [slot for slot in named if id(slot) not in seen]
     for slot in others:
-        slot.entries = [entries[at] for at, ids in enumerate(rules) if allows(ids, slot.ids)]
+        slot.entries = _allowing(entries, rules, slot.ids)
         if not slot.entries:
             raise out_of_scope(rules, slot if slot.obj is None else _first_refused(reading.doc, others, rules))
-    return declared + others if others else declared
+    return declared + others
+
+
+def _requiring(entries: tuple[PlatformEntry, ...], rules: tuple[dict[str, str], ...], ids: dict[str, Any]) -> list[PlatformEntry]:
+    if len(rules) == 1:
+        return [entries[0]] if requires(rules[0], ids) else []
+    return [entries[at] for at, rule in enumerate(rules) if requires(rule, ids)]
+
+
+def _allowing(entries: tuple[PlatformEntry, ...], rules: tuple[dict[str, str], ...], ids: dict[str, Any]) -> list[PlatformEntry]:
+    if len(rules) == 1:
+        return [entries[0]] if allows(rules[0], ids) else []
+    return [entries[at] for at, rule in enumerate(rules) if allows(rule, ids)]
 
 
 def _first_refused(doc: Any, slots: list[Slot], rules: Sequence[dict[str, str]]) -> Slot:
@@ -182,17 +215,17 @@ def _declared(reading: Reading, locations: tuple[IdLocation, ...]) -> list[Slot]
             found = [Slot("$." + location.text if location.path else "$", {}, {}, False)]
         else:
             if holders is None:
-                holders = {id(slot.obj): slot for slot in reading.holders}
+                holders = {id(slot.obj): slot for slot in reading.holders} if reading.holders else {}
             found = []
             for target in jsonbody.resolve(reading.doc, location.path):
                 slot = holders.get(id(target.obj)) if target.obj is not None else None
                 if slot is None:
-                    slot = Slot(jsonbody.where(target.path), {}, {}, True, target.obj, target)
-                elif not slot.where:
-                    slot.where = jsonbody.where(target.path)
+                    slot = Slot("", {}, {}, True, target.obj, target, target.path)
+                else:
+                    slot.path = target.path
                 found.append(slot)
         for slot in found:
-            if all(slot is not other for other in slots):
+            if slot not in slots:  # Slots compare by identity
                 slots.append(slot)
     return slots
 
@@ -213,15 +246,25 @@ def out_of_scope(rules: Sequence[dict[str, str]], slot: Slot) -> Refusal:
     return refuse(403, "id_out_of_scope", slot.field(slot.names[kind]), f"This key may not use {kind} {ids[kind]!r}.")
 
 
-@lru_cache(maxsize=4096)
+_RULES: dict[int, tuple[tuple[PlatformEntry, ...], tuple[dict[str, str], ...], int | None, dict[str, str]]] = {}
+
+
 def _rules(entries: tuple[PlatformEntry, ...]) -> tuple[tuple[dict[str, str], ...], int | None, dict[str, str]]:
-    """The ids each entry sets, and the action entry's position and ids: once per distinct key link set.
+    """The ids each entry sets, and the action entry's position and ids: once per key record (a cached key
+    brings the same tuple of entries to each of its requests; the cache holds it, so its id stays its own).
 
     Shared between requests: nothing may change them (they are read only).
     """
+    known = _RULES.get(id(entries))
+    if known is not None and known[0] is entries:
+        return known[1], known[2], known[3]
     action_at = next((at for at, entry in enumerate(entries) if entry.action), None)
     action_ids = ids_of(entries[action_at]) if action_at is not None else {}
-    return tuple(ids_of(entry) for entry in entries), action_at, action_ids
+    rules = tuple(ids_of(entry) for entry in entries)
+    if len(_RULES) >= 4096:
+        _RULES.clear()
+    _RULES[id(entries)] = (entries, rules, action_at, action_ids)
+    return rules, action_at, action_ids
 
 
 def ids_of(entry: PlatformEntry) -> dict[str, str]:
