@@ -340,3 +340,11 @@ def test_a_single_quoted_part_name_is_refused() -> None:
     """PHP reads name='applicationId' as applicationId; every other parser keeps the quotes."""
     body = b"--XyZ\r\nContent-Disposition: form-data; name='applicationId'\r\n\r\napp-b\r\n--XyZ--\r\n"
     assert refused(EMAIL_SEND, PRIMARY, body, content_type=MULTIPART_CT).reason == "bad_multipart"
+
+
+def test_the_json_scanner_jsonbody_calls_is_there() -> None:
+    """jsonbody decodes with JSONDecoder.scan_once (not documented, stable since Python 2.6): a Python
+    release without it must fail here, by name, rather than slow every request down or break it."""
+    decoder = json.JSONDecoder(object_pairs_hook=dict)
+    assert callable(getattr(decoder, "scan_once", None)), "json.JSONDecoder.scan_once is gone"
+    assert decoder.scan_once('{"a": [1]} ', 0) == ({"a": [1]}, 10)

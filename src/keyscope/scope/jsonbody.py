@@ -37,30 +37,38 @@ class Holder(NamedTuple):
 # Member names repeat across requests: what names.fold() and names.classify() say of each, for the hook.
 _FOLDS: dict[str, str] = {}
 _SPECIAL: dict[str, str] = {}
-_SPECIAL_NAMES: set[str] = set()
 _KNOWN_MAX = 16384
 
 
-def _learn(obj: dict[str, Any]) -> None:
-    if len(_FOLDS) > _KNOWN_MAX:
+# Objects repeat their member names across requests, in the same order: their names -> whether one is special
+# (an id, or a name to refuse), for names that do not collide.
+_SHAPES: dict[tuple[str, ...], bool] = {}
+
+
+def _shape(obj: dict[str, Any]) -> bool:
+    """Refuse members that collide under names.fold(); whether the object names something special."""
+    if len(_SHAPES) > _KNOWN_MAX:
+        _SHAPES.clear()
         _FOLDS.clear()
         _SPECIAL.clear()
-        _SPECIAL_NAMES.clear()
     for key in obj:
         if key not in _FOLDS:
             special = names.classify(key)
             if special is not None:
                 _SPECIAL[key] = special
-                _SPECIAL_NAMES.add(key)
             _FOLDS[key] = names.fold(key)
+    if len(obj) > 1 and len(set(map(_FOLDS.__getitem__, obj))) != len(obj):
+        raise _collision(obj)
+    holds = any(key in _SPECIAL for key in obj)
+    _SHAPES[tuple(obj)] = holds
+    return holds
 
 
 def _decoder() -> tuple[json.JSONDecoder, list[Holder], list[int]]:
     """A strict decoder whose object hook also lists, in `holders`, the objects holding ids."""
     holders: list[Holder] = []
     members = [0]  # members of the objects decoded so far, reset by read()
-    fold = _FOLDS.__getitem__
-    special_names = _SPECIAL_NAMES
+    shapes = _SHAPES
 
     def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         obj = dict(pairs)
@@ -68,17 +76,10 @@ def _decoder() -> tuple[json.JSONDecoder, list[Holder], list[int]]:
         if len(obj) != count:
             raise _duplicate(pairs)
         members[0] += count
-        if count > 1:
-            try:
-                distinct = len(set(map(fold, obj)))
-            except KeyError:
-                _learn(obj)
-                distinct = len(set(map(fold, obj)))
-            if distinct != count:
-                raise _collision(obj)
-        elif count and pairs[0][0] not in _FOLDS:
-            _learn(obj)
-        if not special_names.isdisjoint(obj):
+        holds = shapes.get(tuple(obj))
+        if holds is None:
+            holds = _shape(obj)
+        if holds:
             holders.append(_holder(obj))
         return obj
 
@@ -151,6 +152,23 @@ def _float(text: str) -> float:
 _DECODERS = _Decoders()
 
 
+def _decode(decoder: json.JSONDecoder, text: str, holders: list[Holder], members: list[int]) -> Any:
+    """decoder.decode(text), by its scanner when the document starts at the first character and only
+    whitespace follows it; anything else, errors included, is decode()'s, so that its refusals are the
+    same (tests/test_scope_dialects.py checks the scanner is there)."""
+    try:
+        doc, end = decoder.scan_once(text, 0)
+    except Refusal:
+        raise
+    except (StopIteration, ValueError):
+        end = -1
+    if end == len(text) or end > 0 and not text[end:].strip(" \t\n\r"):
+        return doc
+    holders.clear()  # listed and counted by the attempt; decode() does it again
+    members[0] = 0
+    return decoder.decode(text)
+
+
 def read(body: bytes, max_members: int, max_depth: int) -> tuple[Any, list[Holder]]:
     """The document and its objects holding ids, in the order their objects closed; a 400 Refusal for
     anything parsers could read differently."""
@@ -163,7 +181,7 @@ def read(body: bytes, max_members: int, max_depth: int) -> tuple[Any, list[Holde
     holders.clear()
     members[0] = 0
     try:
-        doc = decoders.decoder.decode(text)
+        doc = _decode(decoders.decoder, text, holders, members)
     except Refusal:
         raise
     except RecursionError:
