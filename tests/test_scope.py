@@ -491,7 +491,7 @@ DEEP = b'{"a":' * 64 + b"1" + b"}" * 64
     (b'{"applicationId":"app-a"} x', "trailing_data"),
     (b'{"applicationId":"app-a",}', "invalid_json"),
     (b"   ", "invalid_json"),
-    (b'{"n":' + b"1" * 5000 + b"}", "invalid_json"),
+    (b'{"n":' + b"1" * 5000 + b"}", "number_out_of_range"),
     (b'{"a":' * 65 + b"1" + b"}" * 65, "too_deep"),
     (b"[" * 65 + b"]" * 65, "too_deep"),
     (b"[" * 100000 + b"]" * 100000, "too_deep"),

@@ -348,3 +348,27 @@ def test_the_json_scanner_jsonbody_calls_is_there() -> None:
     decoder = json.JSONDecoder(object_pairs_hook=dict)
     assert callable(getattr(decoder, "scan_once", None)), "json.JSONDecoder.scan_once is gone"
     assert decoder.scan_once('{"a": [1]} ', 0) == ({"a": [1]}, 10)
+
+
+@pytest.mark.parametrize("name", ["entity[id", "application[Id", "applicationI[d", "entity]id", "entity[]id",
+                                  "entity][id", "a[pplicationId"])
+def test_an_id_name_split_by_brackets_is_an_id_name(name: str) -> None:
+    """PHP reads an unclosed `[` as `_` (`entity[id` is entity_id); snake_case binders read that as the id."""
+    assert names.classify(name) in names.KINDS
+    assert refused(CCAAS, LINKED, query=name.replace("[", "%5B").replace("]", "%5D").encode() + b"=app-b").status == 403
+
+
+@pytest.mark.parametrize("charset", [b"utf-7", b'"utf-7"', b"utf-16", b"iso-8859-1"])
+def test_a_multipart_body_in_another_charset_is_not_read(charset: bytes) -> None:
+    """Django and Starlette decode part names by the charset parameter: UTF-7 spells applicationId anew."""
+    content_type = b"multipart/form-data; boundary=XyZ; charset=" + charset
+    r = refused(EMAIL_SEND, LINKED, multipart(("applicationId", "app-a")), content_type=content_type)
+    assert (r.status, r.reason) == (415, "uninspectable_body")
+
+
+def test_an_integer_beyond_a_double_is_out_of_range() -> None:
+    """PHP's json_decode reads it as INF, JavaScript as Infinity."""
+    body = b'{"platform":{"applicationId":"app-a"},"n":' + b"9" * 400 + b"}"
+    assert refused(CREATE_CALL, LINKED, body, content_type=JSON).reason == "number_out_of_range"
+    assert run(CREATE_CALL, LINKED, b'{"platform":{"applicationId":"app-a"},"n":' + b"9" * 300 + b"}",
+               content_type=JSON)

@@ -127,7 +127,8 @@ def _media_kind(content_type: bytes) -> Body:
     if mime == "application/x-www-form-urlencoded":
         return Body("form") if charset in _UTF8 else OPAQUE
     if mime == "multipart/form-data" and params.get("boundary"):
-        return Body("multipart", params["boundary"])
+        # Django and Starlette decode part names and values by a charset parameter (utf-7 spells ids anew)
+        return Body("multipart", params["boundary"]) if charset in _UTF8 else OPAQUE
     return OPAQUE
 
 

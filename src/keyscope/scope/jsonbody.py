@@ -83,7 +83,7 @@ def _decoder() -> tuple[json.JSONDecoder, list[Holder], list[int]]:
             holders.append(_holder(obj))
         return obj
 
-    return json.JSONDecoder(object_pairs_hook=hook, parse_constant=_constant, parse_float=_float), holders, members
+    return json.JSONDecoder(object_pairs_hook=hook, parse_constant=_constant, parse_float=_float, parse_int=_int), holders, members
 
 
 class _Decoders(threading.local):
@@ -140,6 +140,12 @@ def _duplicate(pairs: list[tuple[str, Any]]) -> Refusal:
 
 def _constant(name: str) -> None:
     raise refuse(400, "non_finite_number", None, f"The JSON body contains {name}, which is not JSON.")
+
+
+def _int(text: str) -> int:
+    if len(text) > 309 and math.isinf(float(text)):  # PHP's json_decode reads INF, JavaScript Infinity
+        raise refuse(400, "number_out_of_range", None, f"The JSON number {text[:40]} is out of range.")
+    return int(text)
 
 
 def _float(text: str) -> float:

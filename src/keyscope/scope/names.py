@@ -88,4 +88,7 @@ def classify(name: str) -> str | None:
         return ARRAY  # the id itself becomes a list or an object
     if any(special is not None for special in found[:-1]):
         return ARRAY  # an id with something nested under it
+    if last is None:
+        # PHP reads an unclosed `[` as `_` (`entity[id` is entity_id); others keep the name as written
+        return _special("".join(components))
     return last
