@@ -355,7 +355,8 @@ def test_the_json_scanner_jsonbody_calls_is_there() -> None:
 def test_an_id_name_split_by_brackets_is_an_id_name(name: str) -> None:
     """PHP reads an unclosed `[` as `_` (`entity[id` is entity_id); snake_case binders read that as the id."""
     assert names.classify(name) in names.KINDS
-    assert refused(CCAAS, LINKED, query=name.replace("[", "%5B").replace("]", "%5D").encode() + b"=app-b").status == 403
+    pair = key("app-a", "ent-a")
+    assert refused(CCAAS, pair, query=name.replace("[", "%5B").replace("]", "%5D").encode() + b"=other").status == 403
 
 
 @pytest.mark.parametrize("charset", [b"utf-7", b'"utf-7"', b"utf-16", b"iso-8859-1"])
