@@ -28,6 +28,8 @@ from starlette.staticfiles import StaticFiles
 from .. import admin
 from ..auth import KeyAuthenticator
 from ..endpoints import Endpoint
+from ..limits import DEFAULT as DEFAULT_LIMITS
+from ..limits import Limits
 from ..store.base import Store, StoreUnavailable
 from .session import Session, Sessions, SignInThrottle, csrf_ok, same_origin
 
@@ -104,6 +106,7 @@ class Ui:
         sessions: Sessions,
         trusted_proxies: Sequence[str],
         max_body_size: int,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.store = store
         self.endpoints = list(endpoints)
@@ -111,6 +114,7 @@ class Ui:
         self.throttle = SignInThrottle(clock=sessions.clock)
         self.trusted_proxies = tuple(trusted_proxies)
         self.max_body_size = max_body_size
+        self.limits = limits
         self._token = admin_token
         self._admin = admin.create_app(store, admin_token=admin_token, authenticator=authenticator, on_change=on_change)
         self.templates = Environment(
@@ -258,6 +262,7 @@ def create_web_app(
     secure_cookies: bool | None = None,
     trusted_proxies: Sequence[str] = (),
     max_body_size: int = 1024 * 1024,
+    limits: Limits = DEFAULT_LIMITS,
     clock: Callable[[], float] | None = None,
     open_store: bool = False,
 ) -> Starlette:
@@ -285,6 +290,7 @@ def create_web_app(
         sessions=Sessions(**session_options),
         trusted_proxies=trusted_proxies,
         max_body_size=max_body_size,
+        limits=limits,
     )
 
     def open_route(path: str, handler: Handler, methods: list[str]) -> Route:

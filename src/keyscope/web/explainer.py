@@ -58,6 +58,7 @@ async def run(ui: Ui, request: Request) -> Response:
             client=form.get("client") or None,
             trusted_proxies=ui.trusted_proxies,
             max_body_size=ui.max_body_size,
+            limits=ui.limits,
         )
     except explain.KeyNotFound:
         return await page(ui, request, form, error=f"There is no key {key_id!r}.")

@@ -61,6 +61,7 @@ def web_app(settings: Settings, gateway: Any = None) -> Starlette:
         "idle_timeout": settings.admin_idle_timeout,
         "trusted_proxies": settings.trusted_proxies,
         "max_body_size": settings.max_body_size,
+        "limits": settings.limits(),
     }
     if gateway is not None:
         management = gateway.admin
