@@ -43,7 +43,7 @@ from ..endpoints import Endpoint
 from ..errors import Refusal
 from ..limits import DEFAULT, Limits
 from ..models import ApiKey, PlatformEntry
-from . import jsonbody
+from . import jsonbody, locations
 from .multipart import media_type
 from .places import NO_BODY, OPAQUE, Body, Reading, Slot, decide, entry_of
 from .refusals import Uninspectable, refuse
@@ -96,7 +96,7 @@ class Decision:
     @property
     def places(self) -> list[Place]:
         unknown = {id(s.obj) for s in self._slots if not s.located() and s.obj is not None}
-        found = jsonbody.locate(self._doc, unknown) if unknown else {}
+        found = locations.locate(self._doc, unknown) if unknown else {}
         return [Place(s.where or found[id(s.obj)], s.ids, s.entries[0] if s.entries else None) for s in self._slots]
 
     def __repr__(self) -> str:

@@ -15,6 +15,8 @@ from ..errors import Refusal
 from ..limits import Limits
 from ..models import PlatformEntry
 from . import form, jsonbody, multipart, names
+from .locations import Target, locate, materialise, resolve
+from .locations import where as where_text
 from .refusals import Uninspectable, refuse
 
 
@@ -42,7 +44,7 @@ class Slot:
         names: dict[str, str],
         writable: bool,
         obj: dict[str, Any] | None = None,
-        target: jsonbody.Target | None = None,
+        target: Target | None = None,
         path: tuple[str | int, ...] | None = None,
     ) -> None:
         self.where = where
@@ -58,7 +60,7 @@ class Slot:
         """`where`, from the JSON path when a declared location found the place (refusals and the
         explainer ask; a place found elsewhere is located by a walk, see `Decision.places`)."""
         if not self.where and self.path is not None:
-            self.where = jsonbody.where(self.path)
+            self.where = where_text(self.path)
         return self.where
 
     def field(self, name: str) -> str:
@@ -129,7 +131,7 @@ class Reading:
         else:
             if slot.obj is None:
                 assert slot.target is not None
-                slot.obj = jsonbody.materialise(slot.target)
+                slot.obj = materialise(slot.target)
                 self.body_changed = True
             obj = slot.obj
             for kind, value in values.items():
@@ -196,7 +198,7 @@ def _allowing(entries: tuple[PlatformEntry, ...], rules: tuple[dict[str, str], .
 def _first_refused(doc: Any, slots: list[Slot], rules: Sequence[dict[str, str]]) -> Slot:
     """The refused JSON place that comes first in the document, located (refusals name their place)."""
     refused = {id(s.obj): s for s in slots if s.obj is not None and not any(allows(ids, s.ids) for ids in rules)}
-    located = jsonbody.locate(doc, set(refused))
+    located = locate(doc, set(refused))
     first = next(iter(located))
     refused[first].where = located[first]
     return refused[first]
@@ -217,7 +219,7 @@ def _declared(reading: Reading, locations: tuple[IdLocation, ...]) -> list[Slot]
             if holders is None:
                 holders = {id(slot.obj): slot for slot in reading.holders} if reading.holders else {}
             found = []
-            for target in jsonbody.resolve(reading.doc, location.path):
+            for target in resolve(reading.doc, location.path):
                 slot = holders.get(id(target.obj)) if target.obj is not None else None
                 if slot is None:
                     slot = Slot("", {}, {}, True, target.obj, target, target.path)
