@@ -13,7 +13,7 @@ checks the ids of primary keys too and needs one reading of the request: see eac
 other than UTF-8, any Content-Encoding, XML, a multipart part with a transfer encoding) is 415; a primary
 key's is forwarded untouched and only its query ids are collected.
 
-Places (`places`). Each JSON object holding an id, the query string and the form is a place. A place is
+Places (`places`, `locations`). Each JSON object holding an id, the query string and the form is a place. A place is
 permitted by an entry when every id it names equals that entry's id of the same kind (a kind the entry
 leaves unset is unconstrained). One place no entry permits refuses the request: 403 `id_out_of_scope`. At
 the endpoint's declared locations (its `ids`) a kind an entry sets is also required, spelt exactly (a
