@@ -1,0 +1,127 @@
+"""Canaries: the library internals keyscope relies on, each named, so a release that changes one fails here with
+the internal's name instead of silently turning off early answers, head limits or trailer dropping.
+
+pyproject.toml bounds uvicorn below its next minor release; raise the bound only when these pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+
+import httptools
+import pytest
+from uvicorn.config import Config
+from uvicorn.protocols.http import flow_control
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import ServerState
+
+from keyscope.protocol import GatewayProtocol
+
+# What keyscope.protocol overrides or calls on uvicorn's httptools protocol.
+PROTOCOL_METHODS = [
+    "connection_made", "connection_lost", "data_received", "on_url", "on_header", "on_headers_complete",
+    "on_body", "on_message_complete", "on_response_complete",
+    "send_400_response", "shutdown", "timeout_keep_alive_handler", "handle_websocket_upgrade",
+    "_start_asgi_task", "_unset_keepalive_if_required", "_should_upgrade", "_unsupported_upgrade_warning",
+]
+# What it reads or sets on a connection and on a request's cycle.
+PROTOCOL_ATTRIBUTES = ["parser", "flow", "headers", "expect_100_continue", "cycle", "url", "scope", "root_path",
+                       "loop", "transport", "logger", "app"]
+CYCLE_ATTRIBUTES = ["scope", "body", "transport", "keep_alive", "response_started", "response_complete",
+                    "message_event"]
+
+
+@pytest.mark.parametrize("name", PROTOCOL_METHODS)
+def test_uvicorn_httptools_protocol_has(name: str) -> None:
+    assert callable(getattr(HttpToolsProtocol, name, None)), f"uvicorn HttpToolsProtocol.{name} is gone"
+
+
+def test_httptools_calls_the_chunk_callbacks_keyscope_defines() -> None:
+    """GatewayProtocol tells a chunk's data and the trailers from the head by on_chunk_header/on_chunk_complete,
+    which httptools calls only when the protocol defines them."""
+    calls: list[str] = []
+
+    class Probe:
+        def on_chunk_header(self) -> None:
+            calls.append("chunk_header")
+
+        def on_chunk_complete(self) -> None:
+            calls.append("chunk_complete")
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            calls.append("header " + name.decode())
+
+    parser = httptools.HttpRequestParser(Probe())
+    parser.feed_data(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-T: 1\r\n\r\n")
+    assert calls == ["header Host", "header Transfer-Encoding", "chunk_header", "chunk_complete", "chunk_header",
+                     "header X-T", "chunk_complete"], f"httptools chunk callbacks changed: {calls}"
+
+
+def test_uvicorn_flow_control_high_water_limit() -> None:
+    assert isinstance(flow_control.HIGH_WATER_LIMIT, int), "uvicorn flow_control.HIGH_WATER_LIMIT is gone"
+
+
+def test_uvicorn_start_asgi_task_takes_a_cycle_and_an_app() -> None:
+    params = list(inspect.signature(HttpToolsProtocol._start_asgi_task).parameters)
+    assert params[1:] == ["cycle", "app"], f"uvicorn HttpToolsProtocol._start_asgi_task{params} changed"
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_a_connection_and_its_cycle_have_what_keyscope_reads() -> None:
+    """One real request through GatewayProtocol: the attributes it touches exist where it touches them."""
+    seen: dict[str, object] = {}
+
+    async def app(scope: dict, receive: object, send: object) -> None:  # pragma: no cover - never awaited here
+        raise AssertionError
+
+    def early(scope: dict, body: bytes) -> tuple[bytes, bool]:
+        seen["scope"] = scope
+        body_out = json.dumps({"ok": True}).encode()
+        return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body_out), body_out), False
+
+    app.early = early  # type: ignore[attr-defined]
+    loop = asyncio.new_event_loop()
+    try:
+        config = Config(app, http="httptools", lifespan="off", proxy_headers=False)
+        config.load()
+        protocol = GatewayProtocol(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+        transport = _Transport()
+        protocol.connection_made(transport)
+        for name in PROTOCOL_ATTRIBUTES:
+            assert hasattr(protocol, name), f"uvicorn HttpToolsProtocol instances no longer have .{name}"
+        protocol.data_received(b"POST /x?a=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi")
+        for name in CYCLE_ATTRIBUTES:
+            assert hasattr(protocol.cycle, name), f"uvicorn RequestResponseCycle no longer has .{name}"
+        assert isinstance(protocol.cycle, RequestResponseCycle)
+        assert seen["scope"]["raw_path"] == b"/x" and seen["scope"]["query_string"] == b"a=1"  # type: ignore[index]
+        loop.run_until_complete(asyncio.sleep(0))  # the coalesced answer leaves at the end of the loop's step
+        assert bytes(transport.written).startswith(b"HTTP/1.1 200 OK")
+        protocol.connection_lost(None)
+    finally:
+        loop.close()
