@@ -87,7 +87,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 async def store(store_url: str, anyio_backend: str) -> AsyncIterator[Store]:
     """An opened store on a fresh database, closed after the test."""
-    opened = store_from_url(store_url)
+    opened = store_from_url(store_url, create=True)
     await opened.open()
     try:
         yield opened

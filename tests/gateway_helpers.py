@@ -26,6 +26,13 @@ ADMIN_TOKEN = "test-admin-token-0123456789"
 PYTHON = sys.executable
 
 
+def init_store(store_url: str) -> None:
+    """`keyscope init`: `serve` refuses a SQLite file that does not exist, so tests create theirs first."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("KEYSCOPE_")}
+    subprocess.run([PYTHON, "-m", "keyscope.cli", "init", "--store", store_url], env=environment, check=True,
+                   capture_output=True, timeout=60)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -99,6 +106,7 @@ class Gateway:
     ) -> Gateway:
         port = free_port()
         store_url = store_url or f"sqlite:///{folder / 'keyscope.db'}"
+        init_store(store_url)
         access_log = folder / "access.log"
         error_log = folder / "stderr.log"
         environment = {k: v for k, v in os.environ.items() if not k.startswith("KEYSCOPE_")}

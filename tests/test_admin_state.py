@@ -83,7 +83,7 @@ class AdminMachine(RuleBasedStateMachine):
         super().__init__()
         self.folder = tempfile.TemporaryDirectory()
         self.loop = asyncio.Runner()
-        self.store = store_from_url(f"sqlite:///{self.folder.name}/keyscope.db")
+        self.store = store_from_url(f"sqlite:///{self.folder.name}/keyscope.db", create=True)
         self.loop.run(self.store.open())
         app = create_app(self.store, admin_token=TOKEN, authenticator=KeyAuthenticator(self.store, ttl=60))
         self.client = httpx.AsyncClient(

@@ -59,7 +59,7 @@ def api(db_url: str) -> Iterator[TestClient]:
 
     Its key cache keeps nothing (ttl 0), so a key the CLI changes is seen as changed at once.
     """
-    store = store_from_url(db_url)
+    store = store_from_url(db_url, create=True)
     token = secrets.token_urlsafe(32)
     app = create_app(store, admin_token=token, authenticator=KeyAuthenticator(store, ttl=0, negative_ttl=0))
     with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as client:
@@ -213,7 +213,7 @@ def test_key_create_prints_the_secret_once_and_nothing_else_ever_does(cli: Run, 
     assert stored["allowedIPs"] == ["10.0.0.0/8", "192.0.2.7"]
     assert stored["validTo"] == "2030-01-01T00:00:00+00:00"
 
-    primary = ok_json(cli("keys", "create", "--name", "ops", "--json"))
+    primary = ok_json(cli("keys", "create", "--name", "ops", "--primary", "--json"))
     primary_secret = primary.pop("apiKeySecret")
     assert SECRET.fullmatch(primary_secret)
     assert primary == api.get(f"/settings/2/api-keys/{primary['id']}").json()
@@ -283,10 +283,10 @@ def test_refusals_print_the_api_error_text_on_stderr(cli: Run, api: TestClient) 
     violation = missing["violations"][0]
     lines = refused(cli("keys", "create", "--name", "k", "--link", "nope"))
     assert lines == [f"keyscope: refused: {missing['description']} (HTTP 400)",
-                     f"  {violation['property']}: {violation['violation']}"]
+                     f"  --link nope: {violation['property']}: {violation['violation']}"]
     assert api.get("/settings/2/api-keys").json()["apiKeys"] == []  # nothing was written
 
-    assert refused(cli("keys", "show", "0" * 32))[0].endswith("(HTTP 404)")
+    assert refused(cli("keys", "show", "0" * 32))[0].startswith(f"keyscope: There is no key '{'0' * 32}'")
 
 
 def test_usage_errors_exit_2(cli: Run) -> None:
@@ -310,7 +310,8 @@ def test_store_url_from_option_env_or_default(tmp_path: Path, db_url: str, api: 
 
     workdir = tmp_path / "work"
     workdir.mkdir()
-    ok(run_keyscope("apps", "create", "here", cwd=workdir))  # default: sqlite:///keyscope.db, relative
+    ok(run_keyscope("init", cwd=workdir))  # default: sqlite:///keyscope.db, relative
+    ok(run_keyscope("apps", "create", "here", cwd=workdir))
     assert (workdir / "keyscope.db").is_file()
     assert api.get("/provisioning/1/applications/here").status_code == 404
 
@@ -344,7 +345,7 @@ def test_management_commands_do_not_load_the_gateway(db_url: str) -> None:
     code = (
         "import sys\n"
         "from keyscope.cli import main\n"
-        f"status = main(['apps', 'list', '--store', {db_url!r}])\n"
+        f"status = main(['apps', 'list', '--create', '--store', {db_url!r}])\n"
         "print(status, [m for m in ('keyscope.server', 'uvicorn', 'aiohttp') if m in sys.modules])\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

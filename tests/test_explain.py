@@ -48,7 +48,7 @@ def keys(gateway: Gateway) -> dict[str, Key]:
 
 @pytest.fixture
 async def store(gateway: Gateway, anyio_backend: str) -> AsyncIterator[Store]:
-    opened = store_from_url(gateway.store_url)
+    opened = store_from_url(gateway.store_url, create=True)
     await opened.open()
     try:
         yield opened
@@ -180,7 +180,7 @@ async def test_management_paths_are_never_forwarded(store: Store, keys: dict[str
 
 @pytest.mark.anyio
 async def test_explaining_does_not_mark_the_key_used(store: Store, keys: dict[str, Key]) -> None:
-    fresh = store_from_url(store.url)
+    fresh = store_from_url(store.url, create=True)
     await fresh.open()
     try:
         before = (await fresh.get_key(keys["app"].id)).last_used

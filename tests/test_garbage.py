@@ -97,7 +97,7 @@ class World:
                 pass
 
     async def _seed(self) -> tuple[str, str]:
-        store = store_from_url(self.url)
+        store = store_from_url(self.url, create=True)
         await store.open()
         try:
             for application in ("app-a", "app-b"):

@@ -38,7 +38,7 @@ class World:
 
     def __init__(self, folder: Path) -> None:
         self.loop = asyncio.new_event_loop()
-        self.store = store_from_url(f"sqlite:///{folder / 'early.db'}")
+        self.store = store_from_url(f"sqlite:///{folder / 'early.db'}", create=True)
         self.secrets: dict[str, str] = {}
         self.run(self._seed())
         self.checks = Checks(

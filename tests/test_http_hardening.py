@@ -99,7 +99,7 @@ class Recorder:
 
 
 async def _primary_key(url: str) -> Key:
-    store = store_from_url(url)
+    store = store_from_url(url, create=True)
     await store.open()
     try:
         management = admin.create_app(store, admin_token=ADMIN_TOKEN, authenticator=KeyAuthenticator(store))

@@ -24,7 +24,7 @@ import pytest
 import uvicorn
 from gateway_fixtures import echo, fresh_log, gateway, world  # noqa: F401
 from gateway_fixtures import World
-from gateway_helpers import Echo, Gateway, Key, free_port, request_bytes
+from gateway_helpers import init_store, Echo, Gateway, Key, free_port, request_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -405,6 +405,7 @@ async def _ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
 @pytest.mark.parametrize("http", ["h11", "httptools"])
 def test_the_middleware_refuses_the_same_heads(http: str, tmp_path: Path) -> None:
     limits = Limits(target_bytes=64, headers=6, header_bytes=200)
+    init_store(f"sqlite:///{tmp_path / 'k.db'}")  # a store URL names a store that exists
     app = KeyScopeMiddleware(_ok, store=f"sqlite:///{tmp_path / 'k.db'}", limits=limits)
     assert app.checks.limits == limits
     cases = [

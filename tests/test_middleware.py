@@ -37,7 +37,7 @@ class Keys:
 
 
 async def _seed(url: str) -> Keys:
-    store = store_from_url(url)
+    store = store_from_url(url, create=True)
     await store.open()
     try:
         app = admin.create_app(store, admin_token=TOKEN, authenticator=KeyAuthenticator(store))
@@ -187,7 +187,7 @@ def test_unknown_application_is_400_naming_it(client: TestClient, keys: Keys) ->
 def test_store_object_opened_and_closed_by_the_caller(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'own.db'}"
     secrets = asyncio.run(_seed(url))
-    store = store_from_url(url)
+    store = store_from_url(url, create=True)
 
     async def whoami(request: Request) -> JSONResponse:
         return JSONResponse({"name": request.state.keyscope.name})

@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from conftest import PG_SERVER as SERVER
+from gateway_helpers import init_store
 from keyscope.keys import display_prefix, hash_secret, new_key_id, new_secret
 from keyscope.models import ApiKey, Application, Entity, KeyUpdate, PlatformEntry, PlatformLink
 from keyscope.store import MissingReference, NotFound, Store
@@ -369,6 +370,8 @@ class Instance:
         log = folder / f"gateway-{port}.log"
         environment = {k: v for k, v in os.environ.items() if not k.startswith("KEYSCOPE_")}
         environment["KEYSCOPE_ADMIN_TOKEN"] = ADMIN_TOKEN
+        if store_url.startswith("sqlite:///"):
+            init_store(store_url)  # serve refuses a SQLite file that does not exist
         command = [sys.executable, "-m", "keyscope.server", "--upstream", upstream, "--store", store_url,
                    "--port", str(port), "--key-cache-ttl", HOUR, "--no-access-log", *extra]
         with log.open("ab") as out:

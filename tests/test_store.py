@@ -499,7 +499,7 @@ async def _snapshot(store: Store) -> tuple[object, ...]:
     ],
 )
 async def test_a_cascade_failing_halfway_leaves_the_store_as_before(sqlite_url: str, failing_step: str) -> None:
-    store = store_from_url(sqlite_url)
+    store = store_from_url(sqlite_url, create=True)
     await store.open()
     try:
         await seed(store)
@@ -520,7 +520,7 @@ async def test_a_cascade_failing_halfway_leaves_the_store_as_before(sqlite_url: 
 
 async def test_a_delete_bypassing_the_cascade_cannot_widen_a_key(sqlite_url: str) -> None:
     """Key entries reference ids without ON DELETE CASCADE: a raw delete fails instead of making a key primary."""
-    store = store_from_url(sqlite_url)
+    store = store_from_url(sqlite_url, create=True)
     await store.open()
     try:
         await seed(store)
@@ -539,7 +539,7 @@ async def test_a_delete_bypassing_the_cascade_cannot_widen_a_key(sqlite_url: str
 
 
 async def test_two_stores_on_one_file_creating_the_same_id_exactly_one_succeeds(store_url: str) -> None:
-    first, second = store_from_url(store_url), store_from_url(store_url)
+    first, second = store_from_url(store_url, create=True), store_from_url(store_url, create=True)
     await first.open()
     await second.open()
     try:
@@ -563,7 +563,7 @@ from keyscope.models import Application
 from keyscope.store import Conflict, store_from_url
 
 async def main():
-    store = store_from_url(sys.argv[1])
+    store = store_from_url(sys.argv[1], create=True)
     await store.open()
     try:
         await store.create_application(Application("same", sys.argv[2]))
@@ -593,14 +593,14 @@ def test_processes_opening_a_fresh_file_at_once_migrate_once(tmp_path: Path) -> 
 
 
 async def test_reopening_keeps_data(store_url: str) -> None:
-    store = store_from_url(store_url)
+    store = store_from_url(store_url, create=True)
     await store.open()
     await store.create_application(Application("kept", "Kept"))
     key = await store.create_key(new_key(("kept", None))[0])
     revision = await store.revision()
     await store.close()
 
-    reopened = store_from_url(store_url)
+    reopened = store_from_url(store_url, create=True)
     await reopened.open()
     try:
         assert await reopened.get_application("kept") == Application("kept", "Kept")
@@ -611,7 +611,7 @@ async def test_reopening_keeps_data(store_url: str) -> None:
 
 
 async def test_reopening_does_not_rerun_migrations(sqlite_url: str) -> None:
-    store = store_from_url(sqlite_url)
+    store = store_from_url(sqlite_url, create=True)
     await store.open()
     await store.close()
     path = sqlite_path(sqlite_url)
@@ -628,17 +628,17 @@ def _schema_versions(path: str) -> list[tuple[int, str]]:
 
 
 async def test_a_newer_schema_is_refused(sqlite_url: str) -> None:
-    store = store_from_url(sqlite_url)
+    store = store_from_url(sqlite_url, create=True)
     await store.open()
     await store.close()
     with closing(sqlite3.connect(sqlite_path(sqlite_url), isolation_level=None)) as conn:
         conn.execute("INSERT INTO schema_version VALUES (999, 'from the future', '2030-01-01T00:00:00.000000+00:00')")
     with pytest.raises(StoreUnavailable, match="newer"):
-        await store_from_url(sqlite_url).open()
+        await store_from_url(sqlite_url, create=True).open()
 
 
 async def test_secrets_are_never_in_the_database_file(sqlite_url: str) -> None:
-    store = store_from_url(sqlite_url)
+    store = store_from_url(sqlite_url, create=True)
     await store.open()
     key, secret = new_key()
     await store.create_key(key)
@@ -721,7 +721,7 @@ async def test_a_cancelled_write_applies_nothing_and_leaves_no_lock_behind(sqlit
 
 
 async def test_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
-    store = store_from_url(f"sqlite:///{tmp_path}/no/such/folder/k.db")
+    store = store_from_url(f"sqlite:///{tmp_path}/no/such/folder/k.db", create=True)
     with pytest.raises(StoreUnavailable, match="does not exist"):
         await store.open()
     assert not (tmp_path / "no").exists()
@@ -729,21 +729,21 @@ async def test_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 async def test_a_folder_or_a_non_database_file_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailable, match="folder"):
-        await store_from_url(f"sqlite:///{tmp_path}").open()
+        await store_from_url(f"sqlite:///{tmp_path}", create=True).open()
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not a database, not even close" * 100)
     with pytest.raises(StoreUnavailable, match="not a database"):
-        await store_from_url(f"sqlite:///{junk}").open()
+        await store_from_url(f"sqlite:///{junk}", create=True).open()
 
 
 async def test_an_unwritable_location_is_unavailable() -> None:
     """/proc exists but no file can be created there, not even by root."""
     with pytest.raises(StoreUnavailable, match="cannot open SQLite store '/proc/keyscope-test.db'"):
-        await store_from_url("sqlite:////proc/keyscope-test.db").open()
+        await store_from_url("sqlite:////proc/keyscope-test.db", create=True).open()
 
 
 async def test_a_closed_store_is_unavailable(store_url: str) -> None:
-    store = store_from_url(store_url)
+    store = store_from_url(store_url, create=True)
     await store.open()
     await store.close()
     with pytest.raises(StoreUnavailable):

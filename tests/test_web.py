@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_helpers import ADMIN_TOKEN, Echo, Gateway, Key, free_port, wait_listening
+from gateway_helpers import ADMIN_TOKEN, init_store, Echo, Gateway, Key, free_port, wait_listening
 
 from keyscope.endpoints import load as load_endpoints
 from keyscope.keys import hash_secret
@@ -508,6 +508,7 @@ def test_serve_stops_when_the_admin_listener_is_taken(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        init_store(f"sqlite:///{tmp_path / 'k.db'}")  # serve refuses a SQLite file that does not exist
         busy = subprocess.run(
             [sys.executable, "-m", "keyscope.server", "--upstream", "http://127.0.0.1:9",
              "--store", f"sqlite:///{tmp_path / 'k.db'}", "--port", str(free_port()),

@@ -59,7 +59,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("web")
-    store = store_from_url(f"sqlite:///{folder / 'keyscope.db'}")
+    store = store_from_url(f"sqlite:///{folder / 'keyscope.db'}", create=True)
     app = create_web_app(store, admin_token=TOKEN, endpoints=load_endpoints(), open_store=True)
     port = _free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning")

@@ -26,7 +26,7 @@ def message_body(application: str) -> bytes:
 
 async def seed(store_url: str) -> tuple[str, str]:
     """Two applications and two keys, written through the store as `keyscope.demo` does: (linked, primary)."""
-    store = store_from_url(store_url)
+    store = store_from_url(store_url, create=True)  # the benchmark's own store, made fresh each run
     await store.open()
     try:
         await store.create_application(Application(APP, "Benchmark"))

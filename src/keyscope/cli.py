@@ -20,13 +20,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from . import admin
+from . import __version__, admin
 from .auth import KeyAuthenticator
 from .store import Store, StoreError, store_from_url
+from .store.sqlite import StoreMissing
 from .types import ASGIApp
 
 DEFAULT_STORE = "sqlite:///keyscope.db"
 SECRET_FIELD = "apiKeySecret"
+ACTIONS = ("FILL", "FORCE")
+KEY_PREFIX_MIN = 8
+"""A key may be named by this many leading characters of its id, or more."""
 
 
 # the management API, in-process ---------------------------------------------------------------------
@@ -41,18 +45,39 @@ class Answer:
 class Refused(Exception):
     """The API answered with an error: the CLI prints its text and exits 1."""
 
-    def __init__(self, answer: Answer, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        answer: Answer,
+        hint: str | None = None,
+        message: str | None = None,
+        flags: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(answer.status)
         self.answer = answer
         self.hint = hint
+        self.message = message  # the web interface's wording for this refusal, in place of the API's headline
+        self.flags = flags or {}  # API field (or its prefix, `platform[1]`) -> the option that gave it
 
 
 class UsageError(Exception):
     """A command line that argparse accepts but that asks for nothing: exit 2, like argparse's own errors."""
 
 
+class Failed(Exception):
+    """An error found by the CLI itself while running a command (a key that is not there, an ambiguous name):
+    one line on stderr, exit `status`."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class StoreProblem(Exception):
     """The store URL is unusable or the store cannot be opened: one line, exit 2."""
+
+
+class StoreAbsent(StoreProblem):
+    """The SQLite file does not exist (and nobody asked to create it)."""
 
 
 def _decode(raw: bytes) -> Any:
@@ -89,8 +114,31 @@ def refused_fields(answer: Answer) -> set[str]:
     return {*(exception.get("validationErrors") or {}), *(v.get("property") for v in body.get("violations") or [])}
 
 
-def error_lines(answer: Answer) -> list[str]:
-    """The API's own error text, in either family: a headline, then one `field: message` line per field."""
+def flag_for(field: str, flags: dict[str, str]) -> str | None:
+    """The option that gave `field` (`platform[1].action` -> `--link transactional::force`), if known."""
+    for name in sorted(flags, key=len, reverse=True):
+        if field == name or field.startswith((f"{name}.", f"{name}[")):
+            return flags[name]
+    return None
+
+
+def error_lines(answer: Answer, message: str | None = None, flags: dict[str, str] | None = None) -> list[str]:
+    """The API's own error text, in either family: a headline, then one `field: message` line per field.
+
+    `message` replaces the headline with the web interface's wording; `flags` names, on each field's line,
+    the command-line option that field came from."""
+    lines = _error_lines(answer)
+    if message is not None:
+        lines[0] = f"keyscope: refused: {message} (HTTP {answer.status})"
+    for index, line in enumerate(lines[1:], 1):
+        field = line.strip().split(": ", 1)[0]
+        flag = flag_for(field, flags or {})
+        if flag is not None:
+            lines[index] = f"  {flag}: {line.strip()}"
+    return lines
+
+
+def _error_lines(answer: Answer) -> list[str]:
     body = answer.body
     headline = f"HTTP {answer.status}"
     fields: list[str] = []
@@ -196,6 +244,19 @@ def emit(args: argparse.Namespace, body: Any, human: str) -> None:
         print(human)
 
 
+async def worded(
+    call: Awaitable[Any], messages: dict[int, str], flags: dict[str, str] | None = None
+) -> Any:
+    """`call`'s answer; a refusal with a status in `messages` is told in the web interface's words, and
+    each refused field names the option it came from (`flags`)."""
+    try:
+        return await call
+    except Refused as refusal:
+        raise Refused(
+            refusal.answer, refusal.hint, messages.get(refusal.answer.status, refusal.message), flags
+        ) from None
+
+
 def kind_commands(kind: Kind) -> dict[str, Command]:
     def item_path(ident: str) -> str:
         return f"{kind.path}/{ident}"
@@ -204,7 +265,8 @@ def kind_commands(kind: Kind) -> dict[str, Command]:
         body = {kind.id_field: args.id}
         if args.name is not None:
             body[kind.name_field] = args.name
-        await api("POST", kind.path, body=body)
+        exists = f"An {kind.noun} with the id {args.id!r} already exists."
+        await worded(api("POST", kind.path, body=body), {409: exists}, {kind.name_field: "--name"})
         created = await api("GET", item_path(args.id))
         emit(args, created, f"created {kind.noun} {args.id}\n{record(created)}")
 
@@ -252,7 +314,15 @@ ASSOCIATION_HEADERS = ("RESOURCE TYPE", "CHANNEL", "RESOURCE ID", "APPLICATION",
 
 async def association_create(api: Api, args: argparse.Namespace) -> None:
     body = association_body(args)
-    answer = await api("POST", ASSOCIATIONS, body=body)
+    flags = {
+        "resourceType": "--resource-type",
+        "channel": "--channel",
+        "applicationId": "--application",
+        "entityId": "--entity",
+        "resourceId": "--resource-id",
+    }
+    messages = {409: "This resource is already associated.", 404: "The application or entity does not exist."}
+    answer = await worded(api("POST", ASSOCIATIONS, body=body), messages, flags)
     created = answer if answer is not None else await api("GET", f"{ASSOCIATIONS}/single", body)
     emit(args, created, "created association\n" + table(ASSOCIATION_HEADERS, [association_row(created)]))
 
@@ -281,10 +351,39 @@ def parse_link(spelled: str) -> dict[str, str | None]:
         raise argparse.ArgumentTypeError(f"{spelled!r}: expected APP[:ENTITY][:ACTION]")
     parts += [""] * (3 - len(parts))
     application, entity, action = (part or None for part in parts)
+    if action is not None and action not in ACTIONS:
+        raise argparse.ArgumentTypeError(f"{spelled!r}: the action must be FILL or FORCE (upper case), not {action!r}")
     entry: dict[str, str | None] = {"applicationId": application, "entityId": entity}
     if action is not None:
         entry["action"] = action
     return entry
+
+
+def action_choice(value: str) -> str:
+    """`--action`: FILL or FORCE, spelled as the API and `keys list` spell them (so `fill` is refused here,
+    with the right spelling, rather than by the server)."""
+    if value not in ACTIONS:
+        hint = f"; did you mean {value.upper()}?" if value.upper() in ACTIONS else ""
+        raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose FILL or FORCE, upper case{hint})")
+    return value
+
+
+KEY_FLAGS = {"name": "--name", "allowedIPs": "--allowed-ip", "validFrom": "--valid-from", "validTo": "--valid-to"}
+
+
+def link_flags(platform_flags: Sequence[str]) -> dict[str, str]:
+    """`platform[i]` -> the option that made the i-th entry; `platform` itself -> all of them."""
+    flags = {f"platform[{index}]": flag for index, flag in enumerate(platform_flags)}
+    if platform_flags:
+        flags["platform"] = " / ".join(dict.fromkeys(platform_flags))
+    return flags
+
+
+def spell_link(entry: dict[str, Any]) -> str:
+    parts = [entry.get("applicationId") or "", entry.get("entityId") or "", entry.get("action") or ""]
+    while len(parts) > 1 and not parts[-1]:
+        parts.pop()
+    return ":".join(parts)
 
 
 def key_row(key: dict[str, Any]) -> list[str]:
@@ -301,6 +400,39 @@ def key_row(key: dict[str, Any]) -> list[str]:
 KEY_HEADERS = ("ID", "NAME", "PREFIX", "ENABLED", "VALID TO", "LINKS")
 
 
+def create_links(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
+    """The new key's links and, for each, the option that gave it. A key without links may call every
+    endpoint, so asking for one takes --primary, as the web form's "primary key" box: checked before the store
+    is opened."""
+    platform: list[dict[str, Any]] = []
+    given: list[str] = []
+    if args.application is not None or args.entity is not None or args.action is not None:
+        entry: dict[str, Any] = {"applicationId": args.application, "entityId": args.entity}
+        if args.action is not None:
+            entry["action"] = args.action
+        platform.append(entry)
+        given.append(" ".join(
+            f"{flag} {value}"
+            for flag, value in (
+                ("--application", args.application), ("--entity", args.entity), ("--action", args.action)
+            )
+            if value is not None
+        ))
+    for entry in args.link or []:
+        platform.append(entry)
+        given.append(f"--link {spell_link(entry)}")
+    if not platform and not args.primary:
+        raise UsageError(
+            "name an application or an entity (--application, --entity or --link), "
+            "or give --primary for a key that may call every endpoint"
+        )
+    if platform and args.primary:
+        raise UsageError(
+            "a primary key has no links: drop --primary, or drop --application, --entity, --action and --link"
+        )
+    return platform, given
+
+
 async def key_create(api: Api, args: argparse.Namespace) -> None:
     body: dict[str, Any] = {"name": args.name}
     if args.allowed_ip is not None:
@@ -309,16 +441,10 @@ async def key_create(api: Api, args: argparse.Namespace) -> None:
         body["validFrom"] = args.valid_from
     if args.valid_to is not None:
         body["validTo"] = args.valid_to
-    platform = []
-    if args.application is not None or args.entity is not None or args.action is not None:
-        entry: dict[str, Any] = {"applicationId": args.application, "entityId": args.entity}
-        if args.action is not None:
-            entry["action"] = args.action
-        platform.append(entry)
-    platform += args.link or []
+    platform, given = create_links(args)
     if platform:
         body["platform"] = platform
-    key = await api("POST", KEYS, body=body)
+    key = await worded(api("POST", KEYS, body=body), {}, {**KEY_FLAGS, **link_flags(given)})
     human = (
         f"created key {key.get('id')}\n{record(key)}\n\n"
         f"secret: {key.get(SECRET_FIELD)}\n"
@@ -334,14 +460,58 @@ async def key_list(api: Api, args: argparse.Namespace) -> None:
     emit(args, page, f"{table(KEY_HEADERS, rows)}\n{paging_line(page['paging'], len(rows))}")
 
 
+async def all_keys(api: Api) -> list[dict[str, Any]]:
+    keys: list[dict[str, Any]] = []
+    page = 0
+    while True:
+        answer = await api("GET", KEYS, {"page": str(page), "size": "100"})
+        keys += answer["apiKeys"]
+        paging = answer.get("paging") or {}
+        if not answer["apiKeys"] or page + 1 >= int(paging.get("totalPages") or 0):
+            return keys
+        page += 1
+
+
+async def resolve_key(api: Api, ident: str) -> str:
+    """The id of the key `ident` names: its id, else its name if no other key has it, else the leading
+    characters (8 or more) of one key's id. A name or prefix two keys share is an error naming them."""
+    try:
+        await api("GET", f"{KEYS}/{ident}")
+        return ident
+    except Refused as refusal:
+        if refusal.answer.status != 404:
+            raise
+    keys = await all_keys(api)
+    by_name = [key for key in keys if key.get("name") == ident]
+    found = by_name or [
+        key for key in keys if len(ident) >= KEY_PREFIX_MIN and str(key.get("id", "")).upper().startswith(ident.upper())
+    ]
+    if len(found) == 1:
+        return str(found[0]["id"])
+    if not found:
+        raise Failed(
+            f"There is no key {ident!r} (give a key's id, its name, or {KEY_PREFIX_MIN}+ leading characters of its id)."
+        )
+    what = "name" if by_name else "id prefix"
+    candidates = ", ".join(f"{key.get('id')} ({key.get('name')})" for key in found)
+    raise Failed(f"the {what} {ident!r} matches {len(found)} keys: {candidates}; give the key's id", 2)
+
+
 async def key_show(api: Api, args: argparse.Namespace) -> None:
-    key = await api("GET", f"{KEYS}/{args.id}")
+    key = await api("GET", f"{KEYS}/{await resolve_key(api, args.id)}")
     emit(args, key, record(key))
 
 
-async def key_put(api: Api, args: argparse.Namespace, body: dict[str, Any], done: str) -> None:
-    key = await api("PUT", f"{KEYS}/{args.id}", body=body)
-    emit(args, key, f"{done} key {args.id}\n{record(key)}")
+async def key_put(
+    api: Api, args: argparse.Namespace, body: dict[str, Any], done: str, flags: dict[str, str] | None = None
+) -> None:
+    ident = await resolve_key(api, args.id)
+    key = await worded(api("PUT", f"{KEYS}/{ident}", body=body), {}, {**KEY_FLAGS, **(flags or {})})
+    emit(args, key, f"{done} key {ident}\n{record(key)}")
+
+
+def relink_flags(args: argparse.Namespace) -> dict[str, str]:
+    return link_flags([f"--link {spell_link(entry)}" for entry in args.link or []])
 
 
 def update_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -365,7 +535,7 @@ def update_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def key_update(api: Api, args: argparse.Namespace) -> None:
-    await key_put(api, args, update_body(args), "updated")
+    await key_put(api, args, update_body(args), "updated", relink_flags(args))
 
 
 async def key_revoke(api: Api, args: argparse.Namespace) -> None:
@@ -380,16 +550,19 @@ async def key_enable(api: Api, args: argparse.Namespace) -> None:
     elif args.link is not None:
         body["platform"] = args.link
     try:
-        await key_put(api, args, body, "enabled")
+        await key_put(api, args, body, "enabled", relink_flags(args))
     except Refused as refusal:
         if "platform" in body or "platform" not in refused_fields(refusal.answer):
             raise
-        raise Refused(refusal.answer, "give --primary for a primary key, or --link for a linked one") from None
+        raise Refused(
+            refusal.answer, "give --primary for a primary key, or --link for a linked one", refusal.message
+        ) from None
 
 
 async def key_delete(api: Api, args: argparse.Namespace) -> None:
-    answer = await api("DELETE", f"{KEYS}/{args.id}")
-    emit(args, answer, f"deleted key {args.id}")
+    ident = await resolve_key(api, args.id)
+    answer = await api("DELETE", f"{KEYS}/{ident}")
+    emit(args, answer, f"deleted key {ident}")
 
 
 # the command line -----------------------------------------------------------------------------------
@@ -397,6 +570,8 @@ async def key_delete(api: Api, args: argparse.Namespace) -> None:
 
 STORE_HELP = f"store URL (default: $KEYSCOPE_STORE, else {DEFAULT_STORE}; sqlite:////abs/path.db if absolute)"
 JSON_HELP = "print exactly the JSON the HTTP API answers"
+CREATE_HELP = "create the store if it does not exist (otherwise a missing SQLite file is an error; see `keyscope init`)"
+KEY_ID_HELP = f"the key's id, its name, or {KEY_PREFIX_MIN}+ leading characters of its id (a shared name is an error)"
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
@@ -406,12 +581,15 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", metavar="URL", default=argparse.SUPPRESS, help=STORE_HELP)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=JSON_HELP)
+    common.add_argument("--create", action="store_true", default=argparse.SUPPRESS, help=CREATE_HELP)
     parser = argparse.ArgumentParser(
         prog="keyscope",
         description="Manage keyscope's applications, entities, resource associations and API keys.",
     )
+    parser.add_argument("--version", action="version", version=f"keyscope {__version__}")
     parser.add_argument("--store", metavar="URL", dest="global_store", default=None, help=STORE_HELP)
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
+    parser.add_argument("--create", action="store_true", help=CREATE_HELP)
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
 
     def leaf(commands: argparse._SubParsersAction, name: str, command: Command, help: str) -> argparse.ArgumentParser:
@@ -422,6 +600,17 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     def paging(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--page", metavar="N", help="page number, from 0")
         sub.add_argument("--size", metavar="N", help="results per page")
+
+    sub = groups.add_parser(
+        "init",
+        help="create the store (a SQLite file, or keyscope's tables in a PostgreSQL database)",
+        description="Create the store: the SQLite file named by --store (or $KEYSCOPE_STORE, else "
+        f"{DEFAULT_STORE}) with keyscope's tables, or the tables in an existing PostgreSQL database. "
+        "Every other command refuses a SQLite file that does not exist, so a typo never starts an empty store. "
+        "Running it on an existing store changes nothing.",
+    )
+    sub.add_argument("--store", metavar="URL", default=argparse.SUPPRESS, help=STORE_HELP)
+    sub.set_defaults(run=run_init, parser=sub)
 
     for group, kind in (("apps", APPS), ("entities", ENTITIES)):
         plural = "applications" if kind is APPS else "entities"
@@ -487,29 +676,43 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
             "--primary", action="store_true", help="remove every link: the key may call every endpoint"
         )
 
-    sub = leaf(commands, "create", key_create, "create a key and print its secret, once")
+    sub = leaf(
+        commands, "create", key_create, "create a key and print its secret, once: give its links, or --primary"
+    )
     sub.add_argument("--name", required=True)
     sub.add_argument("--application", metavar="A", help="link the key to this application")
     sub.add_argument("--entity", metavar="E", help="link the key to this entity")
-    sub.add_argument("--action", metavar="FILL|FORCE", help="what the gateway does with requests lacking the ids")
+    sub.add_argument(
+        "--action",
+        metavar="FILL|FORCE",
+        type=action_choice,
+        help="what the gateway does with requests lacking the ids (upper case, as the API spells it)",
+    )
     sub.add_argument("--link", metavar="LINK", type=parse_link, action="append", help=link_help)
+    sub.add_argument(
+        "--primary",
+        action="store_true",
+        help="a primary key, with no links: it may call every endpoint (required when no link is given)",
+    )
     validity(sub)
+    sub.set_defaults(check=create_links)
     sub = leaf(commands, "list", key_list, "list keys (never their secrets)")
     sub.add_argument("--name", help="only keys with this name")
     sub.add_argument("--enabled", metavar="true|false", help="only enabled or only disabled keys")
     paging(sub)
-    leaf(commands, "show", key_show, "show a key (never its secret)").add_argument("id", metavar="ID")
+    sub = leaf(commands, "show", key_show, "show a key (never its secret)")
+    sub.add_argument("id", metavar="KEY", help=KEY_ID_HELP)
     sub = leaf(commands, "update", key_update, "change a key's name, validity, addresses or links")
-    sub.add_argument("id", metavar="ID")
+    sub.add_argument("id", metavar="KEY", help=KEY_ID_HELP)
     sub.add_argument("--name")
     validity(sub)
     relinking(sub)
     sub.set_defaults(check=update_body)
-    leaf(commands, "revoke", key_revoke, "disable a key").add_argument("id", metavar="ID")
+    leaf(commands, "revoke", key_revoke, "disable a key").add_argument("id", metavar="KEY", help=KEY_ID_HELP)
     sub = leaf(commands, "enable", key_enable, "enable a revoked key again")
-    sub.add_argument("id", metavar="ID")
+    sub.add_argument("id", metavar="KEY", help=KEY_ID_HELP)
     relinking(sub)
-    leaf(commands, "delete", key_delete, "delete a key").add_argument("id", metavar="ID")
+    leaf(commands, "delete", key_delete, "delete a key").add_argument("id", metavar="KEY", help=KEY_ID_HELP)
 
     sub = groups.add_parser(
         "explain",
@@ -558,8 +761,7 @@ def run_explain(args: argparse.Namespace) -> int:
         return 2
 
     async def decide() -> explain.Explanation:
-        url = getattr(args, "store", None) or args.global_store or os.environ.get("KEYSCOPE_STORE") or DEFAULT_STORE
-        store = await open_store(url)
+        store = await open_store(store_url(args), create=bool(getattr(args, "create", False)))
         try:
             return await explain.explain(
                 store,
@@ -610,16 +812,26 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-async def open_store(url: str) -> Store:
+def store_url(args: argparse.Namespace) -> str:
+    return getattr(args, "store", None) or args.global_store or os.environ.get("KEYSCOPE_STORE") or DEFAULT_STORE
+
+
+async def open_store(url: str, create: bool = False) -> Store:
+    """The opened store; a SQLite file that does not exist is an error naming it unless `create`."""
     shown = redact(url)
     try:
-        store = store_from_url(url)
+        store = store_from_url(url, create=create)
     except ValueError as exc:
         raise StoreProblem(one_line(str(exc).replace(url, shown))) from None
     except ImportError as exc:
         raise StoreProblem(f"cannot use store {shown}: {one_line(str(exc))}") from None
     try:
         await store.open()
+    except StoreMissing as exc:
+        raise StoreAbsent(
+            f"store {shown} does not exist (no file {exc.path!r}): create it with `keyscope init --store {shown}`, "
+            "or add --create"
+        ) from None
     except StoreError as exc:
         raise StoreProblem(one_line(str(exc).replace(url, shown))) from None
     except Exception as exc:  # a driver's own error (e.g. PostgreSQL's): the operator still gets one line
@@ -632,9 +844,30 @@ def one_line(message: str) -> str:
     return " ".join(message.split())
 
 
+def run_init(args: argparse.Namespace) -> int:
+    """`keyscope init`: create the store, or find it already there (0 either way)."""
+    url = store_url(args)
+    shown = redact(url)
+
+    async def init() -> bool:
+        try:
+            await (await open_store(url)).close()
+            return False
+        except StoreAbsent:
+            await (await open_store(url, create=True)).close()
+            return True
+
+    try:
+        created = asyncio.run(init())
+    except StoreProblem as exc:
+        print(f"keyscope: {exc}", file=sys.stderr)
+        return 2
+    print(f"created store {shown}" if created else f"store {shown} already exists; nothing to do")
+    return 0
+
+
 async def run(args: argparse.Namespace) -> None:
-    url = getattr(args, "store", None) or args.global_store or os.environ.get("KEYSCOPE_STORE") or DEFAULT_STORE
-    store = await open_store(url)
+    store = await open_store(store_url(args), create=bool(getattr(args, "create", False)))
     try:
         token = secrets.token_urlsafe(32)
         app = admin.create_app(store, admin_token=token, authenticator=KeyAuthenticator(store))
@@ -655,7 +888,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.parser.error(str(exc))
     except SystemExit as exc:  # argparse's usage errors (2) and --help (0)
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
-    if getattr(args, "command", None) is None:  # `serve` (from another module) and `explain`
+    if getattr(args, "command", None) is None:  # `serve` (from another module), `explain` and `init`
+        if args.group == "serve" and getattr(args, "create", False):
+            # serve never creates its store: a typo in a deployment must not start an empty gateway
+            parser.print_usage(sys.stderr)
+            print("keyscope: error: --create does not apply to serve: create the store with "
+                  "`keyscope init --store URL` first", file=sys.stderr)
+            return 2
         if getattr(args, "store", None) is None:
             args.store = args.global_store
         return int(args.run(args))
@@ -664,8 +903,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreProblem as exc:
         print(f"keyscope: {exc}", file=sys.stderr)
         return 2
+    except Failed as exc:
+        print(f"keyscope: {exc}", file=sys.stderr)
+        return exc.status
     except Refused as exc:
-        print("\n".join(error_lines(exc.answer)), file=sys.stderr)
+        print("\n".join(error_lines(exc.answer, exc.message, exc.flags)), file=sys.stderr)
         if exc.hint:
             print(f"keyscope: hint: {exc.hint}", file=sys.stderr)
         return 1

@@ -62,6 +62,9 @@ def start_gateway(upstream: str, folder: Path) -> Gateway:
     environment["KEYSCOPE_ADMIN_TOKEN"] = ADMIN_TOKEN
     if GATEWAY_SOURCE:  # another keyscope's src/ (say, an older commit's, to see what it let through)
         environment["PYTHONPATH"] = GATEWAY_SOURCE
+    # `serve` refuses a store that does not exist: made by this keyscope's `init` (the format is the same)
+    subprocess.run([str(KEYSCOPE), "init", "--store", store_url], env={**environment, "PYTHONPATH": ""}, check=True,
+                   capture_output=True, timeout=60)
     command = [str(KEYSCOPE), "serve", "--upstream", upstream, "--store", store_url, "--port", str(port)]
     access_log, error_log = folder / "access.log", folder / "stderr.log"
     with access_log.open("ab") as out, error_log.open("ab") as err:

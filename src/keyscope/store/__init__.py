@@ -16,10 +16,14 @@ __all__ = [
 ]
 
 
-def store_from_url(url: str) -> Store:
+def store_from_url(url: str, *, create: bool = False) -> Store:
     """`sqlite:///relative.db`, `sqlite:////abs/path.db` (SQLAlchemy's spelling) or `postgresql://...`.
 
-    Raises ValueError with a one-line message for anything else. The store is not opened here.
+    Raises ValueError with a one-line message for anything else. The store is not opened here. A SQLite file
+    that does not exist makes `open()` fail (`StoreMissing`, naming the file and `keyscope init`) unless
+    `create=True`: a URL is what an operator types, and a typo must not silently start an empty store.
+    (`SQLiteStore(path)` itself still creates its file: code that builds one asks for it explicitly.)
+    A PostgreSQL database must exist already whatever `create` says (its tables are made on first open).
     """
     if url.startswith("sqlite:///"):
         from .sqlite import SQLiteStore
@@ -27,7 +31,7 @@ def store_from_url(url: str) -> Store:
         path = url[len("sqlite:///"):]
         if not path:
             raise ValueError(f"store URL {url!r} names no file")
-        return SQLiteStore(path)
+        return SQLiteStore(path, create=create)
     if url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore
 

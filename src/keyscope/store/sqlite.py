@@ -57,11 +57,23 @@ def _rollback_quietly(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
+class StoreMissing(StoreUnavailable):
+    """The SQLite file does not exist and the store was not asked to create it (a typo must not make a store)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"SQLite store {path!r} does not exist: create it with `keyscope init --store sqlite:///{path}`"
+        )
+
+
 class SQLiteStore(SQLStore):
     dialect = "sqlite"
 
-    def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 5.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 5.0, *, create: bool = True) -> None:
+        """`create=False`: `open()` refuses a file that does not exist instead of making an empty store."""
         self.path = os.fspath(path)
+        self.create = create
         self.url = f"sqlite:///{self.path}"
         self._busy_ms = int(busy_timeout * 1000)
         self._reader: sqlite3.Connection | None = None
@@ -78,6 +90,8 @@ class SQLiteStore(SQLStore):
             raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: folder {folder!r} does not exist")
         if os.path.isdir(self.path):
             raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: it is a folder, not a file")
+        if not self.create and not os.path.exists(self.path):
+            raise StoreMissing(self.path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyscope-sqlite-writer")
         try:
             self._writer = await asyncio.get_running_loop().run_in_executor(self._executor, self._connect, False)
