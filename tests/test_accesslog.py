@@ -145,3 +145,23 @@ def test_a_full_buffer_is_written_at_once_and_nothing_is_lost_at_flush() -> None
     assert 3 <= stream.writes <= 4
     handler.flush()  # as logging does at exit, and disable() does
     assert [json.loads(line)["number"] for line in stream.getvalue().splitlines()] == list(range(30))
+
+
+def test_once_the_process_is_stopping_lines_are_written_as_they_come() -> None:
+    """What `keyscope serve`'s signal handlers do: the gathered lines leave within the loop's next iteration
+    (never from the handler itself), and every later line at once, since the process may be killed any time."""
+    stream = CountingStream()
+    handler = accesslog.LineHandler(stream, delay=60)
+
+    async def scenario() -> None:
+        handler.write_line('{"n":0}')
+        handler.write_line('{"n":1}')
+        handler.stop_gathering()
+        assert stream.writes == 0  # left to the loop
+        await asyncio.sleep(0)
+        assert stream.writes == 1
+        handler.write_line('{"n":2}')
+        assert stream.writes == 2
+
+    asyncio.run(scenario())
+    assert [json.loads(line)["n"] for line in stream.getvalue().splitlines()] == [0, 1, 2]

@@ -90,7 +90,13 @@ class LineHandler(logging.Handler):
 
     A write system call per request costs more than building the line, and the stream cannot be trusted to
     buffer (PYTHONUNBUFFERED=1, common in containers, makes stdout write through). A line waits at most
-    `delay` seconds; logging flushes every handler at exit.
+    `delay` seconds.
+
+    Gathered lines must never die with the process (an answered request without its line is a hole in the
+    record), so they are written at every way out: the gateway's lifespan shutdown calls `flush()` once the
+    drain is over; `keyscope serve` calls `stop_gathering()` from its signal handlers, after which every line
+    is written as it comes (a worker whose SIGTERM uvicorn re-raises is killed without running any exit hook);
+    and `logging.shutdown`, registered with atexit by logging itself, flushes every handler at a normal exit.
     """
 
     def __init__(self, stream: TextIO, delay: float = 0.5, limit: int = 64 * 1024) -> None:
@@ -135,6 +141,19 @@ class LineHandler(logging.Handler):
             except (OSError, ValueError):
                 pass
 
+    def stop_gathering(self) -> None:
+        """From now on write each line as it comes (a limit of 0 makes `write_line` flush every line, at no cost
+        to a request before this is called), and write what is gathered now.
+
+        Safe in a signal handler: with an event loop running in this thread the write is left to the loop (a
+        buffered stream written from a handler that interrupted a write of the same stream raises "reentrant
+        call"); the loop runs it within its next iteration, long before the drain is over."""
+        self.limit = 0
+        try:
+            asyncio.get_running_loop().call_soon_threadsafe(self.flush)
+        except RuntimeError:  # no event loop here: nothing else is writing
+            self.flush()
+
 
 _sink: LineHandler | None = None
 """Set by the server: lines go straight to its handler, skipping the LogRecord machinery (a sizeable share of a
@@ -158,3 +177,16 @@ def disable() -> None:
         _sink.flush()
         _sink = None
     logger.setLevel(logging.WARNING)
+
+
+def flush() -> None:
+    """Write the gathered lines now (the gateway's lifespan shutdown: every answer of the drain is in)."""
+    if _sink is not None:
+        _sink.flush()
+
+
+def stop_gathering() -> None:
+    """Write lines as they come from now on, and the gathered ones soon: the process is about to stop (called by
+    `keyscope serve`'s signal handlers, before the drain)."""
+    if _sink is not None:
+        _sink.stop_gathering()
