@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from gateway_helpers import ADMIN_TOKEN, Echo, Gateway, free_port, request_bytes
+from gateway_helpers import ADMIN_TOKEN, Echo, Gateway, free_port, init_store, request_bytes, wait_listening
 
 from keyscope.config import ConfigError, Settings, load
 
@@ -139,6 +139,7 @@ def test_a_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSCOPE_")}
+        init_store(f"sqlite:///{tmp_path / 'keyscope.db'}")  # the default store, which serve never creates
         result = subprocess.run(
             [sys.executable, "-m", "keyscope.server", "--upstream", UPSTREAM, "--port", str(port)],
             capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
@@ -206,3 +207,24 @@ def test_last_used_is_written_off_the_request_path_and_at_shutdown(tmp_path: Pat
     finally:
         restarted.stop()
         echo.stop()
+
+
+@pytest.mark.parametrize("token", [None, "a-token-of-some-length"])
+def test_serve_without_an_admin_token_says_so_once(tmp_path: Path, token: str | None) -> None:
+    store_url = f"sqlite:///{tmp_path / 'keyscope.db'}"
+    init_store(store_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSCOPE_")}
+    if token is not None:
+        env["KEYSCOPE_ADMIN_TOKEN"] = token
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keyscope.server", "--upstream", UPSTREAM, "--store", store_url, "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=tmp_path,
+    )
+    try:
+        wait_listening(port, process, "keyscope serve")
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    warnings = [line for line in stderr.decode().splitlines() if "no admin token" in line]
+    assert len(warnings) == (1 if token is None else 0), stderr.decode()

@@ -7,6 +7,7 @@ setting stops start-up with one line naming it instead of surfacing on the first
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import json
 import math
@@ -25,8 +26,25 @@ from .limits import Limits
 DEFAULT_STORE = "sqlite:///keyscope.db"
 DEFAULT_HEADER_TIMEOUT = 30.0
 """Seconds a connection may take to send a request head (nginx's client_header_timeout is 60)."""
+DEFAULT_DRAIN_SECONDS = 5.0
+"""Seconds `keyscope serve --status-listen` keeps serving after SIGTERM with readiness failing (load balancers
+notice and stop sending), before it stops accepting and finishes what is in flight."""
 WORKER_ENV = "KEYSCOPE_WORKER_SETTINGS"
 """How `serve --workers N` hands the validated settings to the worker processes it spawns."""
+
+
+OTHER_ENV = frozenset({
+    "KEYSCOPE_CONFIG",  # the YAML file (--config)
+    WORKER_ENV,  # set by `serve --workers N` for its workers
+    # the test suite's switches (tests/conftest.py and friends), set in CI beside a running gateway:
+    "KEYSCOPE_TEST_STORES",
+    "KEYSCOPE_TEST_PG",
+    "KEYSCOPE_REQUIRE_BROWSER",
+    "KEYSCOPE_REQUIRE_DIFFERENTIAL",
+    "KEYSCOPE_SCREENSHOTS",
+})
+"""KEYSCOPE_* variables that are not settings but are keyscope's own; `KEYSCOPE_DIFFERENTIAL_*` too."""
+OTHER_ENV_PREFIXES = ("KEYSCOPE_DIFFERENTIAL_",)
 
 
 class ConfigError(ValueError):
@@ -58,6 +76,8 @@ class Settings:
     max_parts: int = DEFAULT_LIMITS.parts
     max_json_members: int = DEFAULT_LIMITS.json_members
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    status_listen: str | None = None
+    drain_seconds: float = DEFAULT_DRAIN_SECONDS
 
     def limits(self) -> Limits:
         """The bounds on every input these settings name (the rest at their defaults)."""
@@ -104,6 +124,7 @@ def load(
     unknown = set(flags) - set(_NAMES)
     if unknown:
         raise ConfigError(f"unknown setting {sorted(unknown)[0]!r}")
+    check_environment(environ)
     path = config_file or environ.get("KEYSCOPE_CONFIG")
     merged: dict[str, tuple[Any, str]] = {}
     if path:
@@ -117,6 +138,31 @@ def load(
         merged[name] = (value, "--" + name.replace("_", "-"))
     values = {name: _convert(name, value, origin) for name, (value, origin) in merged.items()}
     return validate(Settings(**values))
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """A KEYSCOPE_* variable that is neither a setting nor one of keyscope's own is a typo (KEYSCOPE_MAX_BODY
+    for KEYSCOPE_MAX_BODY_SIZE) that would otherwise be ignored in silence: an error, as an unknown YAML key is."""
+    settings = {"KEYSCOPE_" + name.upper() for name in _NAMES}
+    for env_name in sorted(environ):
+        if not env_name.startswith("KEYSCOPE_") or env_name in settings or env_name in OTHER_ENV:
+            continue
+        if env_name.startswith(OTHER_ENV_PREFIXES):
+            continue
+        close = difflib.get_close_matches(env_name, sorted(settings | OTHER_ENV), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"unknown environment variable {env_name} (not a keyscope setting{hint})")
+
+
+def startup_warnings(settings: Settings) -> list[str]:
+    """One line each, for `keyscope serve` to print on stderr before serving."""
+    warnings = []
+    if settings.admin_token is None:
+        warnings.append(
+            "warning: no admin token (KEYSCOPE_ADMIN_TOKEN or --admin-token): /settings/2/api-keys refuses every "
+            "call and only primary keys reach /provisioning/1/*; manage keys with the keyscope CLI"
+        )
+    return warnings
 
 
 def _read_file(path: str) -> dict[str, Any]:
@@ -217,7 +263,21 @@ def validate(settings: Settings) -> Settings:
             raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
     if not 0 < settings.header_timeout < math.inf:
         raise ConfigError("header-timeout must be a positive number of seconds")
+    _validate_status(settings)
     return dataclasses.replace(settings, upstream=upstream)
+
+
+def _validate_status(settings: Settings) -> None:
+    """`--status-listen` is an address of its own (never the traffic port nor the web interface's)."""
+    if not 0 <= settings.drain_seconds < math.inf:
+        raise ConfigError("drain-seconds must be a number of seconds, 0 or more")
+    if settings.status_listen is None:
+        return
+    host, port = listen_address(settings.status_listen)
+    if port == settings.port and port != 0:
+        raise ConfigError(f"status-listen {settings.status_listen!r} must not use the traffic port {settings.port}")
+    if settings.admin_listen is not None and port != 0 and listen_address(settings.admin_listen)[1] == port:
+        raise ConfigError(f"status-listen {settings.status_listen!r} must not use the admin-listen port {port}")
 
 
 def listen_address(text: str) -> tuple[str, int]:

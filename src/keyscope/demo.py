@@ -2,6 +2,13 @@
 
 Every run starts from a fresh demo store (in `demo-data/`), so a second `make demo` needs no cleanup; the keys
 are new each time and printed once, with curl commands that show what a linked key may and may not do.
+
+Ctrl-C (or SIGTERM) stops the demo, the gateway and the backend quietly, with exit status 0: stopping is the
+demo's normal end, not a failure (the shell convention of 130 is for a program interrupted before it was done).
+The gateway and the backend run in a process group of their own, so the terminal's SIGINT reaches only the demo,
+which then stops each of them exactly once with SIGTERM (their graceful drain). Left in the terminal's group,
+they would get every Ctrl-C as well: a second SIGINT (the demo's own, or a second press) forces uvicorn to
+abandon its drain, and the cancelled tasks print their tracebacks.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ class DemoKeys:
 
 async def seed(store_url: str) -> DemoKeys:
     """Two applications, two entities, and one key of each kind the README talks about."""
-    store = store_from_url(store_url)
+    store = store_from_url(store_url, create=True)  # the demo's own store: made fresh each run
     await store.open()
     try:
         await store.create_application(Application("marketing", "Marketing"))
@@ -161,19 +168,23 @@ def run(host: str, port: int, backend_port: int, data_dir: Path) -> int:
     admin_token = secrets.token_urlsafe(24)
 
     env = dict(os.environ, KEYSCOPE_ADMIN_TOKEN=admin_token)
-    backend = subprocess.Popen(
-        [sys.executable, "-m", "keyscope.echo", "--host", host, "--port", str(backend_port)], env=env
-    )
-    gateway = None
+    backend: subprocess.Popen[bytes] | None = None
+    gateway: subprocess.Popen[bytes] | None = None
     try:
+        backend = subprocess.Popen(
+            [sys.executable, "-m", "keyscope.echo", "--host", host, "--port", str(backend_port)], env=env,
+            process_group=0,
+        )
         _wait_listening(host, backend_port, backend, "backend")
         gateway = subprocess.Popen(
             [
                 sys.executable, "-m", "keyscope.cli", "serve",
                 "--upstream", f"http://{host}:{backend_port}",
                 "--store", store_url, "--host", host, "--port", str(port),
+                "--status-listen", f"{host}:8082", "--drain-seconds", "0",
             ],
             env=env,
+            process_group=0,
         )
         _wait_listening(host, port, gateway, "gateway")
         print(instructions(f"http://{host}:{port}", demo, admin_token), flush=True)
@@ -183,15 +194,32 @@ def run(host: str, port: int, backend_port: int, data_dir: Path) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        for process in (gateway, backend):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process in (gateway, backend):
-            if process is not None:
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        _stop_children(gateway, backend)
+
+
+def _stop_children(*processes: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM to each child still running, then wait for all (SIGKILL past 10 seconds).
+
+    A second Ctrl-C or SIGTERM while this waits is ignored: it would otherwise interrupt the wait with a
+    traceback and leave the children behind; the children, in their own process group, never see it."""
+    previous = {number: signal.signal(number, signal.SIG_IGN) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _terminate_and_wait([process for process in processes if process is not None])
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _terminate_and_wait(running: list[subprocess.Popen[bytes]]) -> None:
+    for process in running:
+        if process.poll() is None:
+            process.terminate()
+    for process in running:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -16,6 +16,7 @@ The lifespan opens the store and the upstream session of this worker and closes 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -76,6 +77,8 @@ class Gateway:
         self.limits = limits
         """The bounds on every input; `keyscope.protocol` reads them (and `header_timeout`) from the app."""
         self.header_timeout = header_timeout
+        self.draining = False
+        """From the first SIGTERM on under `--status-listen` (`keyscope.status`): not ready, traffic still served."""
         self.authenticator = KeyAuthenticator(
             store, ttl=key_cache_ttl, negative_ttl=key_cache_ttl, trusted_proxies=trusted_proxies
         )
@@ -200,9 +203,24 @@ class Gateway:
             await send({"type": "lifespan.startup.failed", "message": str(exc)})
             return
         await send({"type": "lifespan.startup.complete"})
-        await receive()  # lifespan.shutdown
-        await self.shutdown()
+        try:
+            await receive()  # lifespan.shutdown
+        except asyncio.CancelledError:
+            # A forced exit (a second Ctrl-C) skips lifespan.shutdown, and the event loop's teardown cancels this
+            # task instead: uvicorn would print the CancelledError as a traceback and aiohttp would warn of an
+            # unclosed session. Close what is open all the same and end quietly; the process is exiting anyway.
+            await self._shut_down()
+            return
+        await self._shut_down()
         await send({"type": "lifespan.shutdown.complete"})
+
+    async def _shut_down(self) -> None:
+        try:
+            await self.shutdown()
+        finally:
+            # uvicorn sends lifespan.shutdown once the drain is over, so every answered request has its line by
+            # now; write them before uvicorn re-raises the signal, which may kill the process (SIGTERM).
+            accesslog.flush()
 
     async def startup(self) -> None:
         await self.store.open()

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import importlib.util
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -58,6 +61,9 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "max_parts": {"type": int, "metavar": "N", "help": "parts of a multipart body (default 100; 400)"},
     "max_json_members": {"type": int, "metavar": "N", "help": "members of a JSON body's objects (10000; 400)"},
     "header_timeout": {"type": float, "metavar": "SECONDS", "help": "time to send a request head (default 30)"},
+    "status_listen": {"metavar": "HOST:PORT", "help": "serve /healthz and /readyz there, without authentication"},
+    "drain_seconds": {"type": float, "metavar": "SECONDS",
+                      "help": "with --status-listen: after SIGTERM, not ready but serving this long (default 5)"},
 }
 
 
@@ -88,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"keyscope serve: {_one_line(str(exc))}", file=sys.stderr)
         return 2
+    for line in config.startup_warnings(settings):
+        print(f"keyscope serve: {line}", file=sys.stderr, flush=True)
     serve(settings)
     return 0
 
@@ -103,6 +111,19 @@ def prepare(settings: Settings) -> None:
     _check_listen(settings.host, settings.port)
     if settings.admin_listen is not None and importlib.util.find_spec("keyscope.web.serve") is None:
         raise ConfigError("admin-listen: this installation has no web interface (keyscope.web)")
+    _check_status_listen(settings)
+
+
+def _check_status_listen(settings: Settings) -> None:
+    if settings.status_listen is None:
+        return
+    if settings.admin_listen is not None and settings.workers > 1:
+        raise ConfigError("status-listen with admin-listen works with one worker only (for now): drop one of them")
+    host, port = config.listen_address(settings.status_listen)
+    try:
+        _check_listen(host, port)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (status-listen)") from None
 
 
 def _check_listen(host: str, port: int) -> None:
@@ -134,7 +155,7 @@ async def _check_store(url: str) -> None:
 
 
 def serve(settings: Settings) -> None:
-
+    signal.signal(signal.SIGTERM, _terminated)
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -148,6 +169,14 @@ def serve(settings: Settings) -> None:
         "log_level": "info",
         "timeout_graceful_shutdown": 10,
     }
+    if settings.status_listen is not None:
+        from . import status
+
+        # uvicorn calls it right after start-up, then every second, in each gateway process (keyscope.status)
+        options.update(callback_notify=status.watch, timeout_notify=status.NOTIFY_SECONDS)
+        if settings.admin_listen is None:
+            _serve_with_status(settings, options)
+            return
     if settings.admin_listen is not None:
         from .web.serve import serve_with_web
 
@@ -159,6 +188,28 @@ def serve(settings: Settings) -> None:
         uvicorn.run(build_app(settings), **options)
 
 
+def _serve_with_status(settings: Settings, options: dict[str, Any]) -> None:
+    """As `uvicorn.run` does, with `callback_notify` (which `uvicorn.run` does not take)."""
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    if settings.workers > 1:
+        os.environ[config.WORKER_ENV] = settings.to_json()
+        conf = uvicorn.Config("keyscope.server:worker_app", factory=True, workers=settings.workers, **options)
+        try:
+            Multiprocess(conf, sockets=[conf.bind_socket()]).run()
+        except KeyboardInterrupt:
+            pass
+        return
+    server = uvicorn.Server(uvicorn.Config(build_app(settings), **options))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
+
+
 def build_app(settings: Settings) -> Any:
     from .gateway import Gateway
 
@@ -168,8 +219,46 @@ def build_app(settings: Settings) -> Any:
     else:
         accesslog.disable()
     gateway = Gateway.from_settings(settings)
+    if settings.status_listen is not None:
+        from . import status
+
+        status.attach(gateway, settings)
+    _stop_gathering_on_exit_signals()
     _tune_gc()
     return gateway
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM outside uvicorn's own handler: a normal exit with status 0.
+
+    uvicorn drains on SIGTERM, then restores the handler it found and raises the signal again. With the default
+    action the process would die by the signal there (status 143, no atexit hook, no `logging.shutdown`);
+    this makes that second delivery an ordinary exit instead, as SIGINT already is (uvicorn.run swallows the
+    KeyboardInterrupt): a stop that was asked for and done is a success. Installed by `serve()` before uvicorn
+    starts, so it is also what a SIGTERM during start-up meets."""
+    raise SystemExit(0)
+
+
+def _stop_gathering_on_exit_signals() -> None:
+    """Make SIGINT and SIGTERM first stop the access log's gathering, then do what they did before.
+
+    Under `--workers N` this runs inside uvicorn's `capture_signals` (the worker calls the factory there), so
+    it wraps uvicorn's `handle_exit`: from the first signal on, lines are written as they come. That matters
+    when the drain is cut short (a second SIGINT skips the lifespan shutdown that flushes) and uvicorn then
+    re-raises SIGTERM in a worker, whose default action kills it before any exit hook. With one process this
+    runs before uvicorn starts and wraps the handlers uvicorn restores at the end; the lifespan shutdown and
+    `logging.shutdown` write the lines there. Nothing changes on the request path."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread (an embedder's thread: nothing to do)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(signum)
+        if callable(previous):
+            signal.signal(signum, functools.partial(_on_exit_signal, previous))
+
+
+def _on_exit_signal(previous: Any, signum: int, frame: object) -> None:
+    accesslog.stop_gathering()
+    previous(signum, frame)
 
 
 def _tune_gc() -> None:
