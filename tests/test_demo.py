@@ -21,10 +21,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(tmp_path: Path, port: int, backend_port: int) -> tuple[subprocess.Popen[str], str]:
+def _start(tmp_path: Path, port: int, backend_port: int, status_port: int | None = None) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "keyscope.demo", "--port", str(port), "--backend-port", str(backend_port),
-         "--data-dir", str(tmp_path / "demo-data")],
+         "--status-port", str(status_port or _free_port()), "--data-dir", str(tmp_path / "demo-data")],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -120,8 +120,21 @@ def test_demo_refuses_a_busy_port(tmp_path: Path) -> None:
         taken = busy.getsockname()[1]
         result = subprocess.run(
             [sys.executable, "-m", "keyscope.demo", "--port", str(taken), "--backend-port", str(_free_port()),
+             "--status-port", "0",
              "--data-dir", str(tmp_path / "d")],
             capture_output=True, text=True, timeout=60,
         )
     assert result.returncode == 2
     assert f"127.0.0.1:{taken}" in result.stderr and "in use" in result.stderr
+
+
+def test_the_demo_serves_health_and_readiness(tmp_path: Path) -> None:
+    status_port = _free_port()
+    process, _ = _start(tmp_path, _free_port(), _free_port(), status_port)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{status_port}", timeout=10) as client:
+            assert client.get("/healthz").status_code == 200
+            ready = client.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["ready"] is True
+    finally:
+        assert _stop(process) == 0

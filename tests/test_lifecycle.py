@@ -242,7 +242,7 @@ def test_ctrl_c_on_make_demo_exits_cleanly(tmp_path: Path, presses: int) -> None
     with stderr_path.open("wb") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "keyscope.demo", "--port", str(port), "--backend-port", str(backend_port),
-             "--data-dir", str(tmp_path / "demo-data")],
+             "--status-port", str(free_port()), "--data-dir", str(tmp_path / "demo-data")],
             stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
         )
     try:

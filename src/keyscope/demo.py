@@ -152,7 +152,7 @@ def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run(host: str, port: int, backend_port: int, data_dir: Path) -> int:
+def run(host: str, port: int, backend_port: int, data_dir: Path, status_port: int = 8082) -> int:
     for number, what in ((port, "gateway"), (backend_port, "backend")):
         if not _port_free(host, number):
             print(f"keyscope demo: port {host}:{number} for the {what} is in use; stop what holds it or pass "
@@ -181,13 +181,15 @@ def run(host: str, port: int, backend_port: int, data_dir: Path) -> int:
                 sys.executable, "-m", "keyscope.cli", "serve",
                 "--upstream", f"http://{host}:{backend_port}",
                 "--store", store_url, "--host", host, "--port", str(port),
-                "--status-listen", f"{host}:8082", "--drain-seconds", "0",
+                *(["--status-listen", f"{host}:{status_port}", "--drain-seconds", "0"] if status_port else []),
             ],
             env=env,
             process_group=0,
         )
         _wait_listening(host, port, gateway, "gateway")
         print(instructions(f"http://{host}:{port}", demo, admin_token), flush=True)
+        if status_port:
+            print(f"Health and readiness: http://{host}:{status_port}/healthz, /readyz", flush=True)
         while gateway.poll() is None and backend.poll() is None:
             time.sleep(0.2)
         return 1
@@ -228,7 +230,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--backend-port", type=int, default=8090)
     parser.add_argument("--data-dir", type=Path, default=Path("demo-data"))
-    parser.set_defaults(func=lambda args: run(args.host, args.port, args.backend_port, args.data_dir))
+    parser.add_argument("--status-port", type=int, default=8082, help="the status listener's port (0: none)")
+    parser.set_defaults(
+        func=lambda args: run(args.host, args.port, args.backend_port, args.data_dir, args.status_port)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
