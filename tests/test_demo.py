@@ -21,7 +21,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(tmp_path: Path, port: int, backend_port: int, status_port: int | None = None) -> tuple[subprocess.Popen[str], str]:
+def _start(
+    tmp_path: Path, port: int, backend_port: int, status_port: int | None = None
+) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "keyscope.demo", "--port", str(port), "--backend-port", str(backend_port),
          "--status-port", str(status_port or _free_port()), "--data-dir", str(tmp_path / "demo-data")],
