@@ -125,3 +125,25 @@ def test_a_connection_and_its_cycle_have_what_keyscope_reads() -> None:
         protocol.connection_lost(None)
     finally:
         loop.close()
+
+
+def test_uvicorn_server_surface_the_status_listener_uses() -> None:
+    """keyscope.status starts a second uvicorn server inside the gateway's loop (Server.startup with sockets, a
+    lifespan_class on the config) and is called back by the main one (Config's callback_notify and
+    timeout_notify); keyscope.server runs the Multiprocess supervisor itself to pass that callback to workers."""
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    config_params = inspect.signature(uvicorn.Config).parameters
+    for name in ("callback_notify", "timeout_notify", "timeout_graceful_shutdown", "factory", "workers"):
+        assert name in config_params, f"uvicorn.Config no longer takes {name}="
+    assert "sockets" in inspect.signature(uvicorn.Server.startup).parameters, "uvicorn Server.startup(sockets=) gone"
+    for name in ("startup", "shutdown", "run", "handle_exit", "started"):
+        assert hasattr(uvicorn.Server, name) or name == "started", f"uvicorn.Server.{name} is gone"
+    config = uvicorn.Config(lambda *a: None, lifespan="off")
+    config.load()
+    assert hasattr(config, "lifespan_class"), "uvicorn Config.lifespan_class is gone"
+    assert hasattr(uvicorn.Server(config), "started"), "uvicorn Server.started is gone"
+    assert callable(getattr(Multiprocess, "run", None)), "uvicorn.supervisors.Multiprocess.run is gone"
+    assert isinstance(STARTUP_FAILURE, int), "uvicorn.config.STARTUP_FAILURE is gone"
