@@ -1,9 +1,10 @@
-"""The `keyscope` console script: the management API, driven in-process.
+"""The `keyscope` console script: the management API, driven in-process or over HTTP.
 
 Each command is a request to the admin ASGI app, called directly (no server, no network) with a one-time admin
-token. The API is the one implementation of every rule and of the JSON shapes, so `--json` prints exactly what
-the HTTP API answers for the same operation; this module only turns arguments into requests and answers into
-text for people.
+token, or, with `--url` and `--token`, sent to a running gateway (keyscope.cli_remote): the transport is the
+only difference. The API is the one implementation of every rule and of the JSON shapes, so `--json` prints
+exactly what the HTTP API answers for the same operation; this module only turns arguments into requests and
+answers into text for people.
 """
 
 from __future__ import annotations
@@ -89,19 +90,32 @@ def _decode(raw: bytes) -> Any:
         return raw.decode("utf-8", "replace")
 
 
-@dataclass(frozen=True, slots=True)
-class Api:
+Transport = Callable[[str, str, Any, dict[str, str]], Awaitable[tuple[int, bytes]]]
+"""(method, path, JSON body or None, query) -> (status, body bytes): the one thing in-process and remote differ in."""
+
+
+def in_process(app: ASGIApp, token: str) -> Transport:
     """The admin app, called in-process as admin with a token made for this one run."""
 
-    app: ASGIApp
-    token: str
+    async def transport(method: str, path: str, body: Any, query: dict[str, str]) -> tuple[int, bytes]:
+        status, _, raw = await admin.call(app, method, path, body, query, token)
+        return status, raw
+
+    return transport
+
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    """The management API through a transport: in-process (`in_process`) or a gateway's (`cli_remote.remote`)."""
+
+    transport: Transport
 
     async def __call__(
         self, method: str, path: str, query: dict[str, str | None] | None = None, body: object = None
     ) -> Any:
         """The answer's body; any status outside 2xx raises Refused."""
         given = {name: value for name, value in (query or {}).items() if value is not None}
-        status, _, raw = await admin.call(self.app, method, path, body, given, self.token)
+        status, raw = await self.transport(method, path, body, given)
         answer = Answer(status, _decode(raw))
         if not 200 <= status < 300:
             raise Refused(answer)
@@ -571,6 +585,11 @@ async def key_delete(api: Api, args: argparse.Namespace) -> None:
 STORE_HELP = f"store URL (default: $KEYSCOPE_STORE, else {DEFAULT_STORE}; sqlite:////abs/path.db if absolute)"
 JSON_HELP = "print exactly the JSON the HTTP API answers"
 CREATE_HELP = "create the store if it does not exist (otherwise a missing SQLite file is an error; see `keyscope init`)"
+URL_HELP = (
+    "manage the gateway at this address (http://HOST:PORT) over its management API instead of a store; "
+    "not with --store (apps, entities, associations and keys only: init, explain and serve run locally)"
+)
+TOKEN_HELP = "the gateway's admin token, with --url ('-' reads it from stdin)"
 KEY_ID_HELP = f"the key's id, its name, or {KEY_PREFIX_MIN}+ leading characters of its id (a shared name is an error)"
 
 
@@ -582,14 +601,20 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     common.add_argument("--store", metavar="URL", default=argparse.SUPPRESS, help=STORE_HELP)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=JSON_HELP)
     common.add_argument("--create", action="store_true", default=argparse.SUPPRESS, help=CREATE_HELP)
+    common.add_argument("--url", metavar="URL", default=argparse.SUPPRESS, help=URL_HELP)
+    common.add_argument("--token", metavar="TOKEN", default=argparse.SUPPRESS, help=TOKEN_HELP)
     parser = argparse.ArgumentParser(
         prog="keyscope",
-        description="Manage keyscope's applications, entities, resource associations and API keys.",
+        description="Manage keyscope's applications, entities, resource associations and API keys: in-process "
+        "against the store (--store), or over HTTP through a running gateway's management API (--url and "
+        "--token), with the same output and exit status. init, explain and serve always run locally.",
     )
     parser.add_argument("--version", action="version", version=f"keyscope {__version__}")
     parser.add_argument("--store", metavar="URL", dest="global_store", default=None, help=STORE_HELP)
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
     parser.add_argument("--create", action="store_true", help=CREATE_HELP)
+    parser.add_argument("--url", metavar="URL", dest="global_url", default=None, help=URL_HELP)
+    parser.add_argument("--token", metavar="TOKEN", dest="global_token", default=None, help=TOKEN_HELP)
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
 
     def leaf(commands: argparse._SubParsersAction, name: str, command: Command, help: str) -> argparse.ArgumentParser:
@@ -603,7 +628,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
     sub = groups.add_parser(
         "init",
-        help="create the store (a SQLite file, or keyscope's tables in a PostgreSQL database)",
+        help="create the store (a SQLite file, or keyscope's tables in a PostgreSQL database); always local",
         description="Create the store: the SQLite file named by --store (or $KEYSCOPE_STORE, else "
         f"{DEFAULT_STORE}) with keyscope's tables, or the tables in an existing PostgreSQL database. "
         "Every other command refuses a SQLite file that does not exist, so a typo never starts an empty store. "
@@ -716,7 +741,8 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
     sub = groups.add_parser(
         "explain",
-        help="show, step by step, what the gateway would decide about a request (nothing is forwarded)",
+        help="show, step by step, what the gateway would decide about a request (nothing is forwarded); "
+        "always local, against the store",
         description="Show, step by step, what the gateway would decide about a request; nothing is forwarded. "
         "Exit status: 0 allowed, 1 refused, 2 usage or store problem.",
     )
@@ -867,13 +893,51 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 async def run(args: argparse.Namespace) -> None:
+    if args.remote is not None:
+        from .cli_remote import remote
+
+        url, token = args.remote
+        await args.command(Api(remote(url, token, redact(url))), args)
+        return
     store = await open_store(store_url(args), create=bool(getattr(args, "create", False)))
     try:
         token = secrets.token_urlsafe(32)
         app = admin.create_app(store, admin_token=token, authenticator=KeyAuthenticator(store))
-        await args.command(Api(app, token), args)
+        await args.command(Api(in_process(app, token)), args)
     finally:
         await store.close()
+
+
+def remote_target(args: argparse.Namespace) -> tuple[str, str] | None:
+    """(url, token) for `--url URL --token T`, None without --url; a usage error for what cannot go with them.
+    `--token -` reads the token from the first line of stdin (so it is not in the process list)."""
+    url = getattr(args, "url", None) or args.global_url
+    token = getattr(args, "token", None) or args.global_token
+    if url is None:
+        if token is not None:
+            raise UsageError("--token is for a remote gateway: give its --url too")
+        return None
+    if getattr(args, "command", None) is None:
+        raise UsageError(
+            f"{args.group} always runs locally, against the store: "
+            "--url applies to apps, entities, associations and keys"
+        )
+    if getattr(args, "store", None) is not None or args.global_store is not None:
+        raise UsageError("--url and --store cannot be used together: the gateway at --url uses its own store")
+    if getattr(args, "create", False):
+        raise UsageError("--create does not apply with --url: the gateway's store exists already")
+    from .cli_remote import check_url
+
+    problem = check_url(url)
+    if problem is not None:
+        raise UsageError(problem)
+    if token is None:
+        raise UsageError("--url needs --token: the gateway's admin token (--token - reads it from stdin)")
+    if token == "-":
+        token = sys.stdin.readline().strip()
+    if not token:
+        raise UsageError("--token is empty")
+    return url, token
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -881,11 +945,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
-        if getattr(args, "check", None) is not None:
-            try:
+        try:
+            args.remote = remote_target(args)
+            if getattr(args, "check", None) is not None:
                 args.check(args)
-            except UsageError as exc:
-                args.parser.error(str(exc))
+        except UsageError as exc:
+            getattr(args, "parser", parser).error(str(exc))
     except SystemExit as exc:  # argparse's usage errors (2) and --help (0)
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     if getattr(args, "command", None) is None:  # `serve` (from another module), `explain` and `init`
@@ -898,8 +963,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "store", None) is None:
             args.store = args.global_store
         return int(args.run(args))
+    from .cli_remote import RemoteProblem
+
     try:
         asyncio.run(run(args))
+    except RemoteProblem as exc:
+        print(f"keyscope: {exc}", file=sys.stderr)
+        return exc.status
     except StoreProblem as exc:
         print(f"keyscope: {exc}", file=sys.stderr)
         return 2
