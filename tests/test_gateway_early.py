@@ -273,7 +273,7 @@ def access_lines(gateway: Gateway, wanted: Callable[[dict[str, Any]], bool], cou
 
 def post(key: Key | None, body: bytes, *, method: str = "POST", target: str = "/sms/2/text/advanced") -> bytes:
     head = f"{method} {target} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n"
-    head += "Content-Type: application/json\r\n"
+    head += "Content-Type: application/json\r\nX-Request-Id: same-id-1\r\n"  # else each answer has a new id
     if key is not None:
         head += f"Authorization: App {key.secret}\r\n"
     return head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
@@ -305,6 +305,7 @@ def test_a_refusal_is_the_same_bytes_early_and_on_the_asgi_path(
     second = exchange(gateway.port, request)  # now it is: decided as the last byte arrives
     assert first == second
     assert first.startswith(f"HTTP/1.1 {status} ".encode())
+    assert b"\r\nx-request-id: same-id-1\r\n" in first.partition(b"\r\n\r\n")[0] + b"\r\n"
     assert echo.log() == []
     key_id = None if case == "unknown key" else key.id
     lines = access_lines(gateway, lambda line: line["key"] == key_id and line["decision"] == "refused", 2)

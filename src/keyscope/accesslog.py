@@ -1,14 +1,18 @@
-"""One JSON line per request on the `keyscope.access` logger.
+"""One JSON line per request on the `keyscope.access` logger (or `name=value` pairs: `--log-format text`).
 
-A line says who called (the key id, never the secret), what was matched, what was decided and why, and how it
-ended. The query string and headers are never logged: clients do put credentials there by mistake.
+A line says who called (the key id, never the secret; `admin` for the admin token) and from where, which
+request it was (the request id also sent upstream and back to the client), what was matched, what was decided
+and why, and how it ended: status, bytes, the time keyscope and the upstream took. The query string and headers are never logged: clients do put credentials there by mistake.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+import os
+import re
 import sys
 import time
 from typing import TextIO
@@ -30,6 +34,20 @@ _time = time.time
 _perf_counter = time.perf_counter
 
 
+_sane_id = re.compile(rb"[A-Za-z0-9._:-]{1,128}").fullmatch
+_id_prefix = os.urandom(6).hex()
+_id_counter = itertools.count(1)
+
+
+def request_id(given: bytes | None) -> str:
+    """The client's X-Request-Id when it is a sane token (1-128 of `A-Za-z0-9._:-`), else a new one.
+
+    A new one is this process's random prefix and a counter: unique without a random draw per request."""
+    if given is not None and _sane_id(given) is not None:
+        return given.decode("ascii")
+    return f"{_id_prefix}-{next(_id_counter):x}"
+
+
 def enabled() -> bool:
     """Whether `record()` would write a line (an embedder may turn the logger on or off at any time)."""
     return logger.isEnabledFor(logging.INFO)
@@ -47,9 +65,41 @@ def record(
     reason: str | None = None,
     step: str | None = None,
     upstream_status: int | None = None,
+    client: str | None = None,
+    request_id: str | None = None,
+    bytes_in: int = 0,
+    bytes_out: int = 0,
+    user_agent: bytes | None = None,
+    upstream_ms: float | None = None,
 ) -> None:
     """`started` is a `time.perf_counter()` reading taken when the request arrived."""
-    write(started, method, path, decision, status, key_id, function, reason, step, upstream_status)
+    write(started, method, path, decision, status, key_id, function, reason, step, upstream_status, client,
+          request_id, bytes_in, bytes_out, user_agent, upstream_ms)
+
+
+FIELDS = ("time", "client", "request_id", "method", "path", "key", "function", "decision", "status", "reason", "step",
+          "upstream", "bytes_in", "bytes_out", "user_agent", "ms", "keyscope_ms", "upstream_ms")
+"""The fields of a line, in the order they are written (`--log-format text` writes them as `name=value`)."""
+
+USER_AGENT_MAX = 256
+"""Characters of User-Agent kept in a line: the header is the client's to fill, the log is not."""
+
+_text_format = False
+_second = -1
+_second_text = ""
+_MILLIS = tuple(f"{ms:03d}Z" for ms in range(1000))
+
+
+def iso_time(now: float) -> str:
+    """`now` (a time.time() reading) as ISO 8601 UTC with milliseconds: `2026-12-04T17:41:45.123Z`.
+
+    The date and time of day are made once per second: strftime costs more than the rest of a line."""
+    global _second, _second_text
+    second = int(now)
+    if second != _second:
+        _second_text = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        _second = second
+    return _second_text + _MILLIS[int((now - second) * 1000)]
 
 
 def write(
@@ -63,26 +113,76 @@ def write(
     reason: str | None,
     step: str | None,
     upstream_status: int | None,
+    client: str | None = None,
+    request_id: str | None = None,
+    bytes_in: int = 0,
+    bytes_out: int = 0,
+    user_agent: bytes | None = None,
+    upstream_ms: float | None = None,
 ) -> None:
     """`record()` with positional arguments, for the request path (a keyword call costs more)."""
     if not logger.isEnabledFor(logging.INFO):
         return
+    ms = (_perf_counter() - started) * 1000
     # The JSON object written out by hand, in json.dumps(separators=(",", ":")) form: a dict and the generic
     # encoder cost more than the rest of a refusal's logging. `%.3f` names the same number as
     # `repr(round(x, 3))` (both are the correctly rounded decimal), at a third of the cost.
+    if upstream_ms is None:
+        own, upstream_text = ms, "null"
+    else:
+        own, upstream_text = ms - upstream_ms, f"{upstream_ms:.3f}"
+        if own < 0:
+            own = 0.0
+    agent = "null" if user_agent is None else _quote(user_agent[:USER_AGENT_MAX].decode("latin-1"))
     text = (
-        f'{{"time":{_time():.3f},"method":{_quote(method)},"path":{_quote(path.decode("latin-1"))},'
+        f'{{"time":"{iso_time(_time())}","client":{"null" if client is None else _quote(client)},'
+        f'"request_id":{"null" if request_id is None else _quote(request_id)},'
+        f'"method":{_quote(method)},"path":{_quote(path.decode("latin-1"))},'
         f'"key":{"null" if key_id is None else _quote(key_id)},'
         f'"function":{"null" if function is None else _quote(function)},"decision":{_quote(decision)},'
         f'"status":{status:d},"reason":{"null" if reason is None else _quote(reason)},'
         f'"step":{"null" if step is None else _quote(step)},'
         f'"upstream":{"null" if upstream_status is None else format(upstream_status, "d")},'
-        f'"ms":{(_perf_counter() - started) * 1000:.3f}}}'
+        f'"bytes_in":{bytes_in:d},"bytes_out":{bytes_out:d},"user_agent":{agent},'
+        f'"ms":{ms:.3f},"keyscope_ms":{own:.3f},"upstream_ms":{upstream_text}}}'
     )
+    if _text_format:
+        text = to_text(text)
     if _sink is not None:
         _sink.write_line(text)
     else:
         logger.info(text)
+
+
+def to_text(line: str) -> str:
+    """A JSON line as `name=value` pairs (logfmt), strings JSON-quoted, nulls left out: `--log-format text`."""
+    fields = json.loads(line)
+    return " ".join(
+        f"{name}={value if isinstance(value, (int, float)) else _quote(value)}"
+        for name, value in fields.items()
+        if value is not None
+    )
+
+
+def set_format(name: str) -> None:
+    """`json` (the default) or `text`, for every line written from now on."""
+    global _text_format
+    if name not in ("json", "text"):
+        raise ValueError(f"unknown log format {name!r}")
+    _text_format = name == "text"
+
+
+class JsonFormatter(logging.Formatter):
+    """keyscope's and uvicorn's own lines on stderr as one JSON object each, beside the JSON access lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        return (
+            f'{{"time":"{iso_time(record.created)}","level":{_quote(record.levelname.lower())},'
+            f'"logger":{_quote(record.name)},"message":{_quote(message)}}}'
+        )
 
 
 class LineHandler(logging.Handler):

@@ -55,7 +55,8 @@ class Principal:
 class Admission:
     """What the checks decided about one request; filled step by step."""
 
-    __slots__ = ("endpoint", "key", "entry", "query", "body", "changed")
+    __slots__ = ("endpoint", "key", "entry", "query", "body", "changed", "request_id", "user_agent", "client",
+                 "principal_id", "bytes_in", "bytes_out", "upstream_ms", "cause")
 
     def __init__(self) -> None:
         self.endpoint: Endpoint | None = None
@@ -64,6 +65,43 @@ class Admission:
         self.query = b""
         self.body: bytes | None = None  # None: not read, stream it
         self.changed = False
+        # for the access line and the X-Request-Id header, from `begin()` on
+        self.request_id: str | None = None
+        self.user_agent: bytes | None = None
+        self.client: str | None = None
+        self.principal_id: str | None = None  # who made a management call: "admin", or a key id
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.upstream_ms: float | None = None
+        self.cause: str | None = None  # why a forwarded request failed: upstream_refused, _timeout, _reset
+
+    def begin(self, scope: Scope, headers: HeaderMap | None, authenticator: KeyAuthenticator) -> str:
+        """Note the request id (the client's X-Request-Id when sane, else a new one), the user agent, the body's
+        declared length and the client address (as authentication computes it, through --trusted-proxies);
+        returns the request id."""
+        if headers is not None:
+            given = headers.get(b"x-request-id")
+            self.user_agent = headers.get(b"user-agent")
+            length = headers.get(b"content-length")
+        else:
+            given = agent = length = None
+            count = 0
+            for name, value in scope["headers"]:
+                if len(name) == 12 and name.lower() == b"x-request-id":
+                    given = value
+                    count += 1
+                elif len(name) == 10 and name.lower() == b"user-agent":
+                    agent = value
+                elif len(name) == 14 and name.lower() == b"content-length":
+                    length = value
+            self.user_agent = agent
+            if count > 1:
+                given = None  # sent twice: neither is the client's id
+        if length is not None and length.isdigit() and len(length) < 19:
+            self.bytes_in = int(length)  # as declared, until the forwarding counts what came
+        self.client = client_text(authenticator, scope)
+        self.request_id = rid = accesslog.request_id(given)
+        return rid
 
     @property
     def family(self) -> Family:
@@ -105,19 +143,31 @@ class Admission:
         refusal: Refusal | None = None,
         upstream: int | None = None,
     ) -> None:
-        """Step 8: the request's access line, from what the checks decided."""
+        """Step 8: the request's access line, from what the checks decided and how the answer went."""
         key, endpoint = self.key, self.endpoint
+        if refusal is not None:
+            reason, step = refusal.reason, refusal.step
+        elif self.cause is not None:
+            reason, step = self.cause, "upstream"
+        else:
+            reason = step = None
         accesslog.write(
             started,
             scope["method"],
             scope["raw_path"],
             decision,
             status,
-            None if key is None else key.id,
+            self.principal_id if key is None else key.id,
             None if endpoint is None else endpoint.function,
-            None if refusal is None else refusal.reason,
-            None if refusal is None else refusal.step,
+            reason,
+            step,
             upstream,
+            self.client,
+            self.request_id,
+            self.bytes_in,
+            self.bytes_out,
+            self.user_agent,
+            self.upstream_ms,
         )
 
     def principal(self) -> Principal:
@@ -445,6 +495,29 @@ class UsageRecorder:
         await self.flush()
 
 
+_CLIENTS: dict[str, str | None] = {}
+
+
+def client_text(authenticator: KeyAuthenticator, scope: Scope) -> str | None:
+    """The client's address for the log: `KeyAuthenticator.client_address()`, the very code that checks a key's
+    allowedIPs. Without trusted proxies it depends on the peer alone, and is remembered per peer."""
+    client = scope.get("client")
+    if not authenticator._trusted:  # no X-Forwarded-For is believed (auth.py's own test, read here)
+        if client is None:
+            return None
+        peer = client[0]
+        known = _CLIENTS.get(peer, _CLIENTS)
+        if known is not _CLIENTS:
+            return known  # type: ignore[return-value]
+        address = authenticator.client_address(scope)
+        if len(_CLIENTS) >= 4096:
+            _CLIENTS.clear()
+        text = _CLIENTS[peer] = None if address is None else str(address)
+        return text
+    address = authenticator.client_address(scope)
+    return None if address is None else str(address)
+
+
 def refusal_headers(status: int, length: int) -> list[tuple[bytes, bytes]]:
     headers = [JSON_HEADERS[0], (b"content-length", str(length).encode())]
     if status == 401:
@@ -472,12 +545,12 @@ def _answer(refusal: Refusal, family: Family) -> tuple[tuple[tuple[bytes, bytes]
     return answer
 
 
-_HTTP_ANSWERS: dict[tuple[int, str, str, str | None, str, Family], tuple[bytes, bool]] = {}
+_HTTP_ANSWERS: dict[tuple[int, str, str, str | None, str, Family], tuple[bytes, bytes, bool]] = {}
 
 
-def refusal_answer(refusal: Refusal, family: Family) -> tuple[bytes, bool]:
-    """The refusal as a complete HTTP/1.1 answer, as uvicorn would write it from `refuse()`'s two messages, and
-    whether the connection must close after it (413: the rest of the body is never read)."""
+def _http_answer(refusal: Refusal, family: Family) -> tuple[bytes, bytes, bool]:
+    """The refusal as HTTP/1.1 in two parts, the status line and headers (each line ending in CRLF), and the
+    blank line and body; and whether the connection closes after it. Encoded once per distinct refusal."""
     key = (refusal.status, refusal.reason, refusal.step, refusal.field, refusal.detail, family)
     answer = _HTTP_ANSWERS.get(key)
     if answer is None:
@@ -485,16 +558,31 @@ def refusal_answer(refusal: Refusal, family: Family) -> tuple[bytes, bool]:
         phrase = HTTPStatus(refusal.status).phrase.encode("ascii")
         lines = [b"HTTP/1.1 %d %s\r\n" % (refusal.status, phrase)]
         lines += [name + b": " + value + b"\r\n" for name, value in headers]
-        answer = (b"".join([*lines, b"\r\n", payload]), (b"connection", b"close") in headers)
+        answer = (b"".join(lines), b"\r\n" + payload, (b"connection", b"close") in headers)
         if len(_HTTP_ANSWERS) >= _ANSWERS_MAX:
             _HTTP_ANSWERS.clear()
         _HTTP_ANSWERS[key] = answer
     return answer
 
 
-async def refuse(send: Send, refusal: Refusal, family: Family) -> None:
-    """Answer with the refusal's body in the endpoint's error family; nothing has been forwarded."""
+def refusal_answer(refusal: Refusal, family: Family, request_id: str | None = None) -> tuple[bytes, bool]:
+    """The refusal as a complete HTTP/1.1 answer, as uvicorn would write it from `refuse()`'s two messages (with
+    the same `request_id`), and whether the connection must close after it (413: the rest of the body is never
+    read). The X-Request-Id line is the last header, where `refuse()` puts it."""
+    head, rest, close = _http_answer(refusal, family)
+    if request_id is None:
+        return head + rest, close
+    return b"".join((head, b"x-request-id: ", request_id.encode("ascii"), b"\r\n", rest)), close
+
+
+async def refuse(send: Send, refusal: Refusal, family: Family, request_id: str | None = None) -> int:
+    """Answer with the refusal's body in the endpoint's error family; nothing has been forwarded. Returns the
+    body's length."""
     headers, payload = _answer(refusal, family)
     # a fresh list each time: a server or middleware may add to the headers it is given
-    await send({"type": "http.response.start", "status": refusal.status, "headers": list(headers)})
+    sent = list(headers)
+    if request_id is not None:
+        sent.append((b"x-request-id", request_id.encode("ascii")))
+    await send({"type": "http.response.start", "status": refusal.status, "headers": sent})
     await send({"type": "http.response.body", "body": payload})
+    return len(payload)

@@ -17,12 +17,13 @@ The lifespan opens the store and the upstream session of this worker and closes 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import Sequence
 
 from . import accesslog, admin
-from .auth import KeyAuthenticator
+from .auth import KeyAuthenticator, authorization_header, split_credentials
 from .checks import Admission, Checks, ClientGone, refusal_answer, refuse
 from .config import DEFAULT_HEADER_TIMEOUT, Settings
 from .endpoints import Endpoint
@@ -78,6 +79,7 @@ class Gateway:
         """The bounds on every input; `keyscope.protocol` reads them (and `header_timeout`) from the app."""
         self.header_timeout = header_timeout
         self.draining = False
+        self._admin_token = admin_token.encode() if admin_token else None
         """From the first SIGTERM on under `--status-listen` (`keyscope.status`): not ready, traffic still served."""
         self.authenticator = KeyAuthenticator(
             store, ttl=key_cache_ttl, negative_ttl=key_cache_ttl, trusted_proxies=trusted_proxies
@@ -133,14 +135,19 @@ class Gateway:
         checks = self.checks
         try:
             headers = checks.target(scope)
+            admission.begin(scope, headers, self.authenticator)
             if is_management(scope["raw_path"]):
                 await checks.watcher.tick()  # API keys may call these too: hear of revocations first
-                status = await self._manage(scope, receive, send)
+                status = await self._manage(scope, receive, send, admission)
+                if status != 401:
+                    admission.principal_id = self._caller(scope, headers)
                 admission.log(started, scope, accesslog.MANAGEMENT, status)
                 return
             await checks.admit(scope, receive, admission, headers)
         except Refusal as refusal:
-            await refuse(send, refusal, admission.family)
+            if admission.request_id is None:  # step 1 refused: the head has no header map
+                admission.begin(scope, None, self.authenticator)
+            admission.bytes_out = await refuse(send, refusal, admission.family, admission.request_id)
             admission.log(started, scope, accesslog.REFUSED, refusal.status, refusal)
             return
         except ClientGone:
@@ -157,9 +164,23 @@ class Gateway:
             body=admission.body,
             identity=admission.identity_headers(),
             family=admission.family,
+            note=admission,
         )
         decision = accesslog.FORWARDED if upstream_status is not None else accesslog.FAILED
         admission.log(started, scope, decision, status, None, upstream_status)
+
+    def _caller(self, scope: Scope, headers: dict[bytes, bytes] | None) -> str | None:
+        """Who made a management call, for the log: `admin` for the admin token, else the key's id (the admin
+        app authenticated it a moment ago, so it is cached). Never the credentials themselves."""
+        try:
+            scheme, credentials = split_credentials(authorization_header(scope, headers))
+            if scheme == b"bearer":
+                token = self._admin_token
+                return "admin" if token is not None and hmac.compare_digest(credentials, token) else None
+            key = self.authenticator.cached(scope, headers)
+        except Refusal:
+            return None
+        return None if key is None else key.id
 
     def early(self, scope: Scope, body: bytes) -> tuple[bytes, bool] | None:
         """Steps 1-5 for a request whose whole body is here, before any ASGI task (`keyscope.protocol`).
@@ -169,29 +190,47 @@ class Gateway:
         is only forwarded there. Management requests, and checks that would have to wait, are left alone."""
         started = _perf_counter()
         admission = Admission()
+        headers = None
         try:
             headers = self.checks.target(scope)
             if is_management(scope["raw_path"]) or not self.checks.decide(scope, body, admission, headers):
                 return None
         except Refusal as refusal:
-            answer, close = refusal_answer(refusal, admission.family)
+            request_id = admission.begin(scope, headers, self.authenticator)
+            answer, close = refusal_answer(refusal, admission.family, request_id)
+            end = answer.index(b"\r\n\r\n") + 4
             if scope["method"] == "HEAD":  # the head alone, Content-Length included, as uvicorn sends it
-                answer = answer[: answer.index(b"\r\n\r\n") + 4]
+                answer = answer[:end]
+            admission.bytes_in = len(body)
+            admission.bytes_out = len(answer) - end
             admission.log(started, scope, accesslog.REFUSED, refusal.status, refusal)
             return answer, close
+        admission.begin(scope, headers, self.authenticator)
         scope[_ADMITTED] = (admission, started)
         return None
 
-    async def _manage(self, scope: Scope, receive: Receive, send: Send) -> int:
+    async def _manage(self, scope: Scope, receive: Receive, send: Send, admission: Admission) -> int:
         status = 0
+        request_id = (b"x-request-id", (admission.request_id or "").encode("ascii"))
+
+        admission.bytes_in = 0  # counted as it comes
+
+        async def receive_and_count() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                admission.bytes_in += len(message.get("body", b""))
+            return message
 
         async def send_and_note(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), request_id]}
+            elif message["type"] == "http.response.body":
+                admission.bytes_out += len(message.get("body", b""))
             await send(message)
 
-        await self.admin(scope, receive, send_and_note)
+        await self.admin(scope, receive_and_count, send_and_note)
         return status
 
     async def lifespan(self, receive: Receive, send: Send) -> None:

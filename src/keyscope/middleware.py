@@ -88,13 +88,16 @@ class KeyScopeMiddleware:
             if not self._ready:
                 await self._open()
             headers = checks.target(scope)
+            admission.begin(scope, headers, self.authenticator)
             if headers is None or b"transfer-encoding" in headers:
                 # A chunked body may end in trailers, which uvicorn's httptools protocol appends to this very list
                 # as they arrive: what the checks read and the app gets is the head as checked, a copy of it.
                 scope = {**scope, "headers": list(scope["headers"])}
             await checks.admit(scope, receive, admission, headers)
         except Refusal as refusal:
-            await refuse(send, refusal, admission.family)
+            if admission.request_id is None:  # step 1 refused: the head has no header map
+                admission.begin(scope, None, self.authenticator)
+            admission.bytes_out = await refuse(send, refusal, admission.family, admission.request_id)
             admission.log(started, scope, accesslog.REFUSED, refusal.status, refusal)
             return
         except ClientGone:
@@ -114,15 +117,19 @@ class KeyScopeMiddleware:
                     if name not in (b"content-length", b"transfer-encoding")
                 ] + [(b"content-length", str(len(body)).encode())]
             receive = _replay(body, receive)
-        if not accesslog.enabled():  # nobody reads the line: no wrapper around every message the app sends
-            await self.app(scope, receive, send)
-            return
         status = 0
+        request_id = (b"x-request-id", (admission.request_id or "").encode("ascii"))
 
         async def send_and_note(message: Message) -> None:
+            # the app's answer carries the request id too (the app's own X-Request-Id, if any, is replaced)
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = [item for item in message.get("headers", ()) if item[0].lower() != b"x-request-id"]
+                headers.append(request_id)
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body":
+                admission.bytes_out += len(message.get("body", b""))
             await send(message)
 
         try:

@@ -34,7 +34,7 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from . import accesslog, canonical
-from .checks import refusal_answer
+from .checks import client_text, refusal_answer
 from .config import DEFAULT_HEADER_TIMEOUT
 from .errors import Refusal
 from .limits import DEFAULT as DEFAULT_LIMITS
@@ -171,9 +171,13 @@ class GatewayProtocol(HttpToolsProtocol):
             return
         method = self.parser.get_method().decode("ascii", "replace") if self.url else ""
         path = self.url.partition(b"?")[0][: self.max_target]
-        accesslog.write(_perf_counter(), method, path, accesslog.REFUSED, refusal.status, None, None,
-                        refusal.reason, refusal.step, None)
+        authenticator = getattr(self.app, "authenticator", None)
+        client = None if authenticator is None else client_text(
+            authenticator, {"client": self.client, "headers": self.headers})  # the headers so far
         data, _ = refusal_answer(refusal, "legacy")  # step 1 matches no endpoint: the legacy family
+        accesslog.write(_perf_counter(), method, path, accesslog.REFUSED, refusal.status, None, None,
+                        refusal.reason, refusal.step, None, client, accesslog.request_id(None), 0,
+                        0 if method == "HEAD" else len(data) - data.index(b"\r\n\r\n") - 4, None, None)
         end = data.index(b"\r\n\r\n") + 2
         data = data[:end] + b"connection: close\r\n" + (b"\r\n" if method == "HEAD" else data[end:])
         self._flush()

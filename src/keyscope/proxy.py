@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import aiohttp
 import yarl
@@ -38,7 +40,7 @@ _DROP_REQUEST = frozenset(
     {
         b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer", b"upgrade",
         b"proxy-authorization", b"proxy-authenticate", b"host", b"content-length", b"expect", b"authorization",
-        b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded",
+        b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-request-id",
     }
 )
 _DROP_RESPONSE = frozenset(
@@ -54,6 +56,14 @@ _SKIP_AUTO = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _NO_LENGTH = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _CRLF = b"\r\n"
+_perf_counter = time.perf_counter
+
+UPSTREAM_REFUSED = "upstream_refused"
+UPSTREAM_TIMEOUT = "upstream_timeout"
+UPSTREAM_RESET = "upstream_reset"
+"""Why a forwarded request failed, as the access line's reason (step `upstream`): no connection could be made
+(502), no answer in time (504), or the connection broke or the answer was not HTTP (502; or cut short after the
+status line was out)."""
 
 
 class Upstream:
@@ -109,7 +119,9 @@ class Upstream:
             self._connector = None
             self._template = None
 
-    def request_headers(self, scope: Scope, identity: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    def request_headers(
+        self, scope: Scope, identity: Sequence[tuple[str, str]], request_id: str | None = None
+    ) -> list[tuple[bytes, bytes]]:
         """The headers the backend gets: the client's, minus what must not pass, plus keyscope's own.
 
         The headers dropped are a fixed set: step 1 admits a `Connection` header only when it says `close` or
@@ -145,6 +157,8 @@ class Upstream:
             headers.append(self._authorization)
         for name_text, value_text in identity:
             headers.append((name_text.encode("latin-1"), value_text.encode("utf-8")))
+        if request_id is not None:
+            headers.append((b"X-Request-Id", request_id.encode("ascii")))
         return headers
 
     def _is_trusted(self, address: str) -> bool:
@@ -166,8 +180,13 @@ class Upstream:
         body: bytes | None,
         identity: Sequence[tuple[str, str]] = (),
         family: errors.Family = "legacy",
+        note: Any = None,
     ) -> tuple[int, int | None]:
         """Forward and stream back: (status answered, upstream's status or None if it never answered).
+
+        `note`, when given (the request's `checks.Admission`), says the request id, sent upstream as
+        X-Request-Id and back to the client in place of any the upstream sent, and gets what the access line
+        needs: `bytes_in`, `bytes_out`, `upstream_ms` and, on a failure, its `cause`.
 
         The status is 502/504 when the upstream failed and 499 when the client left first.
 
@@ -178,20 +197,23 @@ class Upstream:
         path = self._prefix + scope["raw_path"]
         if query:
             path += b"?" + query
-        headers = self.request_headers(scope, identity)
+        note = _Note() if note is None else note
+        headers = self.request_headers(scope, identity, note.request_id)
         exchange = _Exchange(asyncio.current_task())  # type: ignore[arg-type]
         method: str = scope["method"]
+        started = _perf_counter()
         try:
             if body is None:
                 length = _header(scope, b"content-length")
                 if length is not None or _header(scope, b"transfer-encoding") is not None:
                     if length is not None:
                         headers.append((b"Content-Length", length))
-                    return await self._stream(method, path, headers, _stream_body(receive, exchange), send, family,
-                                              exchange)
+                    return await self._stream(method, path, headers, _stream_body(receive, exchange, note), send,
+                                              family, exchange, note)
                 body = b""
+            note.bytes_in = len(body)
             exchange.watch(receive)
-            return await self._exchange(method, path, headers, body, send, family, exchange)
+            return await self._exchange(method, path, headers, body, send, family, exchange, note)
         except asyncio.CancelledError:
             if not exchange.gone:
                 raise
@@ -201,6 +223,13 @@ class Upstream:
             return CLIENT_GONE, None
         finally:
             exchange.finish()
+            note.upstream_ms = (_perf_counter() - started) * 1000
+
+    def _failed(self, note: Any, cause: str, exc: BaseException | None) -> None:
+        """The one warning line on stderr for a request the upstream failed."""
+        what = exc.__class__.__name__ if exc is not None else "a header holds a CR or LF"
+        logger.warning("upstream %s failed: %s (%s), request_id %s", self._origin, cause, what, note.request_id)
+        note.cause = cause
 
     def _head(self, method: str, path: bytes, headers: list[tuple[bytes, bytes]], length: int) -> bytes:
         """The request line and headers as bytes; a CR or LF inside any of them is refused (ValueError)."""
@@ -226,6 +255,7 @@ class Upstream:
         send: Send,
         family: errors.Family,
         exchange: _Exchange,
+        note: Any,
     ) -> tuple[int, int | None]:
         """A request whose body is in memory, on a pooled connection: one write, then aiohttp's parser."""
         connector, template = self._connector, self._template
@@ -233,19 +263,20 @@ class Upstream:
         try:
             head = self._head(method, path, headers, len(body))
         except ValueError:
-            logger.warning("upstream %s not asked: a header holds a CR or LF", self._origin)
-            return await _fail(send, 502, family), None
+            self._failed(note, "upstream_not_asked", None)
+            return await _fail(send, 502, family, note), None
         retry = method in _IDEMPOTENT
         while True:
             try:
                 connection = await connector.connect(template, [], self._client_timeout)
-            except asyncio.TimeoutError:
-                return await _fail(send, 504, family), None
+            except asyncio.TimeoutError as exc:
+                self._failed(note, UPSTREAM_TIMEOUT, exc)
+                return await _fail(send, 504, family, note), None
             except (aiohttp.ClientError, OSError) as exc:
                 if exchange.gone:
                     raise _ClientGone from None
-                logger.warning("upstream %s failed: %s", self._origin, exc.__class__.__name__)
-                return await _fail(send, 502, family), None
+                self._failed(note, UPSTREAM_REFUSED, exc)
+                return await _fail(send, 502, family, note), None
             protocol = connection.protocol
             assert protocol is not None and protocol.transport is not None
             try:
@@ -262,9 +293,10 @@ class Upstream:
                     message, payload = await protocol.read()
                     if not 100 <= message.code <= 199 or message.code == 101:
                         break
-            except asyncio.TimeoutError:
+            except asyncio.TimeoutError as exc:
                 connection.close()
-                return await _fail(send, 504, family), None
+                self._failed(note, UPSTREAM_TIMEOUT, exc)
+                return await _fail(send, 504, family, note), None
             except (aiohttp.ClientError, HttpProcessingError, EofStream, OSError) as exc:
                 connection.close()
                 if exchange.gone:
@@ -272,20 +304,24 @@ class Upstream:
                 if retry and isinstance(exc, (ServerDisconnectedError, ClientOSError, EofStream)):
                     retry = False
                     continue
-                logger.warning("upstream %s failed: %s", self._origin, exc.__class__.__name__)
-                return await _fail(send, 502, family), None
+                self._failed(note, UPSTREAM_RESET, exc)
+                return await _fail(send, 502, family, note), None
             except BaseException:
                 connection.close()
                 raise
             break
         status = message.code
         try:
-            await send({"type": "http.response.start", "status": status, "headers": _response_headers(message.raw_headers)})
+            headers_out = _response_headers(message.raw_headers, note.request_id)
+            await send({"type": "http.response.start", "status": status, "headers": headers_out})
             while chunk := await payload.readany():
+                note.bytes_out += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             connection.close()
-            logger.warning("upstream %s broke off its response: %s", self._origin, exc.__class__.__name__)
+            logger.warning("upstream %s broke off its response: %s, request_id %s", self._origin,
+                           exc.__class__.__name__, note.request_id)
+            note.cause = UPSTREAM_RESET
             exchange.finish()
             return status, status
         except BaseException:
@@ -305,6 +341,7 @@ class Upstream:
         send: Send,
         family: errors.Family,
         exchange: _Exchange,
+        note: Any,
     ) -> tuple[int, int | None]:
         """A request whose body is still arriving from the client: aiohttp's session streams it upstream."""
         assert self._session is not None
@@ -314,28 +351,46 @@ class Upstream:
             response = await self._session.request(
                 method, url, headers=text_headers, data=data, allow_redirects=False
             )
-        except asyncio.TimeoutError:
-            return await _fail(send, 504, family), None
+        except asyncio.TimeoutError as exc:
+            self._failed(note, UPSTREAM_TIMEOUT, exc)
+            return await _fail(send, 504, family, note), None
         except aiohttp.ClientError as exc:
             if exchange.gone:
                 raise _ClientGone from None
-            logger.warning("upstream %s failed: %s", self._origin, exc.__class__.__name__)
-            return await _fail(send, 502, family), None
+            cause = UPSTREAM_REFUSED if isinstance(exc, aiohttp.ClientConnectorError) else UPSTREAM_RESET
+            self._failed(note, cause, exc)
+            return await _fail(send, 502, family, note), None
         async with response:
-            headers_out = _response_headers(response.raw_headers)
+            headers_out = _response_headers(response.raw_headers, note.request_id)
             await send({"type": "http.response.start", "status": response.status, "headers": headers_out})
             content = response.content
             try:
                 while chunk := await content.readany():
+                    note.bytes_out += len(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 # Too late for a 502: the status line is out. Cut the connection so the client sees it is short.
-                logger.warning("upstream %s broke off its response: %s", self._origin, exc.__class__.__name__)
+                logger.warning("upstream %s broke off its response: %s, request_id %s", self._origin,
+                               exc.__class__.__name__, note.request_id)
+                note.cause = UPSTREAM_RESET
                 exchange.finish()
                 return response.status, response.status
             exchange.finish()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return response.status, response.status
+
+
+class _Note:
+    """What `forward()` notes when its caller passes no `note`."""
+
+    __slots__ = ("request_id", "bytes_in", "bytes_out", "upstream_ms", "cause")
+
+    def __init__(self) -> None:
+        self.request_id: str | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.upstream_ms: float | None = None
+        self.cause: str | None = None
 
 
 class _ClientGone(Exception):
@@ -383,7 +438,7 @@ class _Exchange:
             self._watcher = None
 
 
-async def _stream_body(receive: Receive, exchange: _Exchange) -> AsyncIterator[bytes]:
+async def _stream_body(receive: Receive, exchange: _Exchange, note: Any) -> AsyncIterator[bytes]:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -391,13 +446,15 @@ async def _stream_body(receive: Receive, exchange: _Exchange) -> AsyncIterator[b
             raise _ClientGone
         chunk = message.get("body", b"")
         if chunk:
+            note.bytes_in += len(chunk)
             yield chunk
         if not message.get("more_body", False):
             break
     exchange.watch(receive)
 
 
-def _response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def _response_headers(raw: Sequence[tuple[bytes, bytes]], request_id: str | None = None) -> list[tuple[bytes, bytes]]:
+    """The upstream's headers minus hop-by-hop ones; with a request id, its X-Request-Id replaced by that one."""
     named: set[bytes] = set()
     for name, value in raw:
         if name.lower() == b"connection":
@@ -407,7 +464,11 @@ def _response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, b
         lower = name.lower()
         if lower in _DROP_RESPONSE or lower in named:
             continue
+        if request_id is not None and lower == b"x-request-id":
+            continue
         out.append((lower, value))
+    if request_id is not None:
+        out.append((b"x-request-id", request_id.encode("ascii")))
     return out
 
 
@@ -431,9 +492,13 @@ def _origin(target: str) -> str:
     return f"{url.scheme}://{url.host}:{url.port}"
 
 
-async def _fail(send: Send, status: int, family: errors.Family) -> int:
+async def _fail(send: Send, status: int, family: errors.Family, note: Any = None) -> int:
     payload = errors.body(status, family)
     headers = [*errors.JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
+    if note is not None:
+        if note.request_id is not None:
+            headers.append((b"x-request-id", note.request_id.encode("ascii")))
+        note.bytes_out += len(payload)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
     return status

@@ -64,6 +64,9 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "status_listen": {"metavar": "HOST:PORT", "help": "serve /healthz and /readyz there, without authentication"},
     "drain_seconds": {"type": float, "metavar": "SECONDS",
                       "help": "with --status-listen: after SIGTERM, not ready but serving this long (default 5)"},
+    "log_format": {"metavar": "json|text", "help": "access lines and stderr lines as JSON (default) or name=value"},
+    "log_level": {"metavar": "LEVEL", "help": "stderr lines from this level on: " + "|".join(config.LOG_LEVELS)
+                  + " (default info)"},
 }
 
 
@@ -166,9 +169,11 @@ def serve(settings: Settings) -> None:
         "proxy_headers": False,
         "server_header": False,
         "date_header": False,
-        "log_level": "info",
+        "log_level": settings.log_level,
         "timeout_graceful_shutdown": 10,
     }
+    if settings.log_format == "json":
+        options["log_config"] = uvicorn_log_config()
     if settings.status_listen is not None:
         from . import status
 
@@ -213,7 +218,8 @@ def _serve_with_status(settings: Settings, options: dict[str, Any]) -> None:
 def build_app(settings: Settings) -> Any:
     from .gateway import Gateway
 
-    _configure_logging()
+    _configure_logging(settings)
+    accesslog.set_format(settings.log_format)
     if settings.access_log:
         accesslog.enable()
     else:
@@ -271,18 +277,43 @@ def _tune_gc() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
-def _configure_logging() -> None:
-    """keyscope's own warnings on stderr beside uvicorn's; log records skip what nobody reads here."""
+def uvicorn_log_config() -> dict[str, Any]:
+    """uvicorn's logging (`log_config`) with its lines on stderr as JSON, like keyscope's own (`--log-format
+    json`). uvicorn applies it in every process it starts; existing loggers (keyscope's) are left alone."""
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "keyscope.accesslog.JsonFormatter"}},
+        "handlers": {"default": handler},
+        "loggers": {
+            "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
+            "uvicorn.error": {"level": "INFO"},
+            "uvicorn.access": {"handlers": ["default"], "level": "INFO", "propagate": False},
+        },
+    }
+
+
+def _log_level(name: str) -> int:
+    return 5 if name == "trace" else logging.getLevelName(name.upper())  # uvicorn's TRACE is 5
+
+
+def _configure_logging(settings: Settings) -> None:
+    """keyscope's own warnings on stderr beside uvicorn's, in the same format (`--log-format`) and from
+    `--log-level` on; log records skip what nobody reads here."""
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
     own = logging.getLogger("keyscope")
     if not own.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s:  %(name)s: %(message)s"))
         own.addHandler(handler)
-        own.setLevel(logging.INFO)
         own.propagate = False
+    formatter = (accesslog.JsonFormatter() if settings.log_format == "json"
+                 else logging.Formatter("%(levelname)s:  %(name)s: %(message)s"))
+    for handler in own.handlers:
+        handler.setFormatter(formatter)
+    own.setLevel(_log_level(settings.log_level))
 
 
 def worker_app() -> Any:
