@@ -284,3 +284,15 @@ def test_a_server_that_is_not_a_gateway_is_one_line_and_exit_2() -> None:
         server.shutdown()
         server.server_close()
     assert result == Result(2, "", f"keyscope: {address} did not answer as a keyscope gateway (HTTP 200, text/html)\n")
+
+
+def test_keyscope_url_and_token_from_the_environment(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KEYSCOPE_URL / KEYSCOPE_TOKEN stand for --url / --token; an explicit --store still runs locally."""
+    monkeypatch.setenv("KEYSCOPE_URL", url(gateway))
+    monkeypatch.setenv("KEYSCOPE_TOKEN", ADMIN_TOKEN)
+    remote = keyscope("apps", "list")
+    assert remote.status == 0 and remote == local(gateway, "apps", "list")
+    monkeypatch.setenv("KEYSCOPE_TOKEN", "not-the-token")
+    refused = keyscope("apps", "list")
+    assert refused.status == 1 and "refused the token" in refused.err
+    assert local(gateway, "apps", "list").status == 0  # --store wins over the environment

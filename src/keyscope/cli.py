@@ -913,6 +913,11 @@ def remote_target(args: argparse.Namespace) -> tuple[str, str] | None:
     `--token -` reads the token from the first line of stdin (so it is not in the process list)."""
     url = getattr(args, "url", None) or args.global_url
     token = getattr(args, "token", None) or args.global_token
+    if url is None and getattr(args, "command", None) is not None and args.global_store is None \
+            and getattr(args, "store", None) is None:
+        # KEYSCOPE_URL / KEYSCOPE_TOKEN, as --url / --token, for the management commands when no --store is given
+        url = os.environ.get("KEYSCOPE_URL") or None
+        token = token or (os.environ.get("KEYSCOPE_TOKEN") or None if url is not None else None)
     if url is None:
         if token is not None:
             raise UsageError("--token is for a remote gateway: give its --url too")

@@ -35,6 +35,8 @@ WORKER_ENV = "KEYSCOPE_WORKER_SETTINGS"
 
 OTHER_ENV = frozenset({
     "KEYSCOPE_CONFIG",  # the YAML file (--config)
+    "KEYSCOPE_URL",  # the CLI's --url and --token: a gateway to manage remotely
+    "KEYSCOPE_TOKEN",
     WORKER_ENV,  # set by `serve --workers N` for its workers
     # the test suite's switches (tests/conftest.py and friends), set in CI beside a running gateway:
     "KEYSCOPE_TEST_STORES",
@@ -45,6 +47,12 @@ OTHER_ENV = frozenset({
 })
 """KEYSCOPE_* variables that are not settings but are keyscope's own; `KEYSCOPE_DIFFERENTIAL_*` too."""
 OTHER_ENV_PREFIXES = ("KEYSCOPE_DIFFERENTIAL_",)
+
+
+LOG_FORMATS = ("json", "text")
+"""`--log-format`: of the access lines on stdout and of keyscope's and uvicorn's own lines on stderr."""
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+"""`--log-level`: uvicorn's names; it sets the level of keyscope's and uvicorn's lines on stderr."""
 
 
 class ConfigError(ValueError):
@@ -78,6 +86,8 @@ class Settings:
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     status_listen: str | None = None
     drain_seconds: float = DEFAULT_DRAIN_SECONDS
+    log_format: str = "json"
+    log_level: str = "info"
 
     def limits(self) -> Limits:
         """The bounds on every input these settings name (the rest at their defaults)."""
@@ -264,7 +274,12 @@ def validate(settings: Settings) -> Settings:
     if not 0 < settings.header_timeout < math.inf:
         raise ConfigError("header-timeout must be a positive number of seconds")
     _validate_status(settings)
-    return dataclasses.replace(settings, upstream=upstream)
+    log_format, log_level = settings.log_format.strip().lower(), settings.log_level.strip().lower()
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"log-format must be one of {', '.join(LOG_FORMATS)}, not {settings.log_format!r}")
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"log-level must be one of {', '.join(LOG_LEVELS)}, not {settings.log_level!r}")
+    return dataclasses.replace(settings, upstream=upstream, log_format=log_format, log_level=log_level)
 
 
 def _validate_status(settings: Settings) -> None:
