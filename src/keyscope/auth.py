@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import anyio
 
+from . import metrics
 from .canonical import HeaderMap
 from .errors import Refusal
 from .models import ApiKey
@@ -34,6 +35,8 @@ _T = TypeVar("_T")
 _sha256 = hashlib.sha256  # keys.hash_secret() for bytes, without its str check
 _monotonic = time.monotonic
 _time = time.time
+_cache_hit = metrics.key_cache_hit  # one count per lookup: the cache answered
+_cache_miss = metrics.key_cache_miss  # or the store was asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +151,12 @@ class KeyAuthenticator:
         secret_hash = _sha256(app_secret(scope, headers)).digest()
         found = self._keys.get(secret_hash)
         if found is not None and found[1] > _monotonic():
+            _cache_hit()
             return self._admit(found[0], scope)
         if self._unknown.get(secret_hash, 0.0) > _monotonic():
+            _cache_hit()
             raise _refuse("unknown_key", "the API key is not known")
+        _cache_miss()
         cached = await self._lookup(secret_hash)
         if cached is None:
             raise _refuse("unknown_key", "the API key is not known")
@@ -164,10 +170,12 @@ class KeyAuthenticator:
         secret_hash = _sha256(app_secret(scope, headers) if plain is None else plain[1]).digest()
         found = self._keys.get(secret_hash)
         if found is not None and found[1] > _monotonic():
+            _cache_hit()
             return self._admit(found[0], scope)
         if self._unknown.get(secret_hash, 0.0) > _monotonic():
+            _cache_hit()
             raise _refuse("unknown_key", "the API key is not known")
-        return None
+        return None  # not counted here: authenticate(), called next, counts the miss
 
     def _admit(self, cached: _Cached, scope: Scope) -> ApiKey:
         key = cached.key

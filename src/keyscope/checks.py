@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 
-from . import accesslog, canonical, matcher
+from . import accesslog, canonical, matcher, metrics
 from . import scope as scoping
 from .auth import KeyAuthenticator
 from .canonical import HeaderMap
@@ -151,6 +151,8 @@ class Admission:
             reason, step = self.cause, "upstream"
         else:
             reason = step = None
+        function = None if endpoint is None else endpoint.function
+        metrics.record(started, decision, status, reason, step, function, self.upstream_ms, self.cause)
         accesslog.write(
             started,
             scope["method"],
@@ -158,7 +160,7 @@ class Admission:
             decision,
             status,
             self.principal_id if key is None else key.id,
-            None if endpoint is None else endpoint.function,
+            function,
             reason,
             step,
             upstream,

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from . import accesslog, admin
+from . import accesslog, admin, metrics
 from .auth import KeyAuthenticator, authorization_header, split_credentials
 from .checks import Admission, Checks, ClientGone, refusal_answer, refuse
 from .config import DEFAULT_HEADER_TIMEOUT, Settings
@@ -38,6 +38,8 @@ from .types import Message, Receive, Scope, Send
 logger = logging.getLogger("keyscope.gateway")
 
 _perf_counter = time.perf_counter
+_in_flight_inc = metrics.in_flight_inc  # requests inside this app: keyscope_requests_in_flight
+_in_flight_dec = metrics.in_flight_dec
 _ADMITTED = "keyscope.admitted"
 """Scope key under which `early()` hands an admitted request (its Admission and start time) to `__call__`."""
 _PROVISIONING = b"/provisioning/1"
@@ -126,34 +128,38 @@ class Gateway:
             elif scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
             return
-        admitted = scope.pop(_ADMITTED, None)
-        if admitted is not None:
-            await self._forward(scope, receive, send, *admitted)
-            return
-        started = _perf_counter()
-        admission = Admission()
-        checks = self.checks
+        _in_flight_inc()
         try:
-            headers = checks.target(scope)
-            admission.begin(scope, headers, self.authenticator)
-            if is_management(scope["raw_path"]):
-                await checks.watcher.tick()  # API keys may call these too: hear of revocations first
-                status = await self._manage(scope, receive, send, admission)
-                if status != 401:
-                    admission.principal_id = self._caller(scope, headers)
-                admission.log(started, scope, accesslog.MANAGEMENT, status)
+            admitted = scope.pop(_ADMITTED, None)
+            if admitted is not None:
+                await self._forward(scope, receive, send, *admitted)
                 return
-            await checks.admit(scope, receive, admission, headers)
-        except Refusal as refusal:
-            if admission.request_id is None:  # step 1 refused: the head has no header map
-                admission.begin(scope, None, self.authenticator)
-            admission.bytes_out = await refuse(send, refusal, admission.family, admission.request_id)
-            admission.log(started, scope, accesslog.REFUSED, refusal.status, refusal)
-            return
-        except ClientGone:
-            admission.log(started, scope, accesslog.FAILED, accesslog.CLIENT_GONE)
-            return
-        await self._forward(scope, receive, send, admission, started)
+            started = _perf_counter()
+            admission = Admission()
+            checks = self.checks
+            try:
+                headers = checks.target(scope)
+                admission.begin(scope, headers, self.authenticator)
+                if is_management(scope["raw_path"]):
+                    await checks.watcher.tick()  # API keys may call these too: hear of revocations first
+                    status = await self._manage(scope, receive, send, admission)
+                    if status != 401:
+                        admission.principal_id = self._caller(scope, headers)
+                    admission.log(started, scope, accesslog.MANAGEMENT, status)
+                    return
+                await checks.admit(scope, receive, admission, headers)
+            except Refusal as refusal:
+                if admission.request_id is None:  # step 1 refused: the head has no header map
+                    admission.begin(scope, None, self.authenticator)
+                admission.bytes_out = await refuse(send, refusal, admission.family, admission.request_id)
+                admission.log(started, scope, accesslog.REFUSED, refusal.status, refusal)
+                return
+            except ClientGone:
+                admission.log(started, scope, accesslog.FAILED, accesslog.CLIENT_GONE)
+                return
+            await self._forward(scope, receive, send, admission, started)
+        finally:
+            _in_flight_dec()
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, admission: Admission, started: float) -> None:
         status, upstream_status = await self.upstream.forward(

@@ -33,7 +33,7 @@ import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from . import accesslog, canonical
+from . import accesslog, canonical, metrics
 from .checks import client_text, refusal_answer
 from .config import DEFAULT_HEADER_TIMEOUT
 from .errors import Refusal
@@ -175,7 +175,9 @@ class GatewayProtocol(HttpToolsProtocol):
         client = None if authenticator is None else client_text(
             authenticator, {"client": self.client, "headers": self.headers})  # the headers so far
         data, _ = refusal_answer(refusal, "legacy")  # step 1 matches no endpoint: the legacy family
-        accesslog.write(_perf_counter(), method, path, accesslog.REFUSED, refusal.status, None, None,
+        started = _perf_counter()
+        metrics.record(started, accesslog.REFUSED, refusal.status, refusal.reason, refusal.step, None, None, None)
+        accesslog.write(started, method, path, accesslog.REFUSED, refusal.status, None, None,
                         refusal.reason, refusal.step, None, client, accesslog.request_id(None), 0,
                         0 if method == "HEAD" else len(data) - data.index(b"\r\n\r\n") - 4, None, None)
         end = data.index(b"\r\n\r\n") + 2

@@ -4,6 +4,7 @@
     GET /readyz    200 when the store answers (a cheap query, 1 s at most), the allowlist is loaded and the
                    gateway is not draining; else 503 naming what is not: {"ready": false, "store": "unavailable",
                    "allowlist": "loaded", "draining": true}
+    GET /metrics   200, Prometheus text format: this process's metrics (`keyscope.metrics`)
 
 No authentication (it tells nothing but the above), never on the traffic port, anything else 404, methods other
 than GET and HEAD 405. A pure ASGI app, served by a uvicorn server of its own inside each gateway process,
@@ -34,6 +35,7 @@ from typing import Any
 
 import uvicorn
 
+from . import metrics
 from .config import Settings, listen_address
 from .types import Receive, Scope, Send
 
@@ -88,7 +90,7 @@ class StatusApp:
                 await send({"type": "websocket.close", "code": 1008})
             return
         path = scope["path"]
-        if path not in ("/healthz", "/readyz"):
+        if path not in ("/healthz", "/readyz", "/metrics"):
             await _answer(send, 404, {"error": "not found"})
             return
         if scope["method"] not in ("GET", "HEAD"):
@@ -96,6 +98,13 @@ class StatusApp:
             return
         if path == "/healthz":
             await _answer(send, 200, {"status": "ok"})
+            return
+        if path == "/metrics":
+            body = metrics.render(self.gateway)
+            headers = [(b"content-type", metrics.CONTENT_TYPE.encode()), (b"cache-control", b"no-store"),
+                       (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
             return
         state = await readiness(self.gateway)
         await _answer(send, 200 if state["ready"] else 503, state)
@@ -163,7 +172,7 @@ class Status:
         await server.startup(sockets=[sock])
         self.server = server
         shown = f"[{host}]" if ":" in host else host
-        log.info("Status on http://%s:%d (/healthz, /readyz)", shown, sock.getsockname()[1])
+        log.info("Status on http://%s:%d (/healthz, /readyz, /metrics)", shown, sock.getsockname()[1])
 
     def _wrap_signals(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -210,6 +219,7 @@ def attach(gateway: Any, settings: Settings) -> None:
     global _current
     gateway.draining = False
     _current = Status(gateway, settings)
+    metrics.enable()
 
 
 async def watch() -> None:

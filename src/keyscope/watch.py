@@ -64,6 +64,8 @@ class ChangeWatcher:
         self._next_poll = 0.0
         self._listener: ChangeListener | None = None
         self._task: asyncio.Task[None] | None = None
+        self.heard: float | None = None
+        """time.monotonic() when the store's revision was last heard: a notification, a poll (/metrics)."""
 
     @property
     def revision(self) -> int | None:
@@ -85,6 +87,7 @@ class ChangeWatcher:
         else:
             self._revision = await self.store.revision()
             self._next_poll = time.monotonic() + self.interval
+        self.heard = time.monotonic()
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -117,11 +120,13 @@ class ChangeWatcher:
 
     # internals ------------------------------------------------------------------------------------
     def _seen(self, revision: int) -> None:
+        self.heard = time.monotonic()
         if revision != self._revision:
             self._revision = revision
             self._fire()
 
     def _notified(self, revision: int) -> None:
+        self.heard = time.monotonic()
         if self._revision is None or revision > self._revision:
             self._revision = revision
         self._fire()
@@ -172,6 +177,7 @@ class ChangeWatcher:
             return None
         self._listener = listener
         self._revision = revision
+        self.heard = time.monotonic()
         log.info("change notifications restored")
         self._fire()
         return listener
