@@ -123,7 +123,9 @@ def serve(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_configuration_errors_stop_start_up_with_one_line_and_status_2(
     args: list[str], expected: str, tmp_path: Path
 ) -> None:
-    (tmp_path / "broken.yaml").write_text("endpoints:\n  - function: x\n    method: FETCH\n")
+    (tmp_path / "broken.yaml").write_text(  # one problem: one line (several: one each, below)
+        "endpoints:\n  - {function: x, method: FETCH, path: /x, group: g, ids: [query], errors: legacy}\n"
+    )
     (tmp_path / "bad-config.yaml").write_text("upstream: http://127.0.0.1:9\nmax_body: 5\n")
     result = serve(*args, cwd=tmp_path)
     assert result.returncode == 2
@@ -131,6 +133,28 @@ def test_configuration_errors_stop_start_up_with_one_line_and_status_2(
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("keyscope serve: ") and expected in lines[0]
     assert "pw@" not in lines[0]  # a store password is never printed
+
+
+def test_a_broken_endpoints_file_prints_one_line_per_problem(tmp_path: Path) -> None:
+    (tmp_path / "three.yaml").write_text(
+        "endpoints:\n"
+        "  - {function: a, method: FETCH, path: /a, group: g, ids: [query], errors: legacy}\n"
+        "  - {function: b, method: GET, path: b, group: g, ids: [query], errors: legacy}\n"
+        "  - {function: c, method: GET, path: /c, group: g, ids: [query], errors: legacy, colour: red}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSCOPE_")}
+    result = subprocess.run(  # the console script itself, as a user types it
+        [str(Path(sys.executable).parent / "keyscope"), "serve", "--upstream", UPSTREAM,
+         "--endpoints", "three.yaml", "--port", str(free_port())],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3, result.stderr
+    assert all(line.startswith("keyscope serve: endpoints: three.yaml:") for line in lines), result.stderr
+    assert "three.yaml:2: entry 1 (FETCH /a): " in lines[0] and "FETCH" in lines[0]
+    assert "three.yaml:3: entry 2 (GET b): " in lines[1]
+    assert "three.yaml:4: entry 3 (GET /c): " in lines[2] and "colour" in lines[2]
 
 
 def test_a_port_in_use_is_one_clear_error(tmp_path: Path) -> None:

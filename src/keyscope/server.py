@@ -29,6 +29,7 @@ import uvicorn
 
 from . import accesslog, config, matcher
 from .config import ConfigError, Settings
+from .endpoints import EndpointsError
 from .endpoints import load as load_endpoints
 from .protocol import GatewayProtocol
 
@@ -95,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         settings = config.load(flags, os.environ, args.config)
         prepare(settings)
     except ConfigError as exc:
-        print(f"keyscope serve: {_one_line(str(exc))}", file=sys.stderr)
+        for line in getattr(exc, "lines", None) or (_one_line(str(exc)),):
+            print(f"keyscope serve: {line}", file=sys.stderr)
         return 2
     for line in config.startup_warnings(settings):
         print(f"keyscope serve: {line}", file=sys.stderr, flush=True)
@@ -103,11 +105,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+class ProblemsError(ConfigError):
+    """Several problems at once (a broken endpoints.yaml): `keyscope serve` prints one line per problem."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = tuple(lines)
+
+
 def prepare(settings: Settings) -> None:
-    """Everything a worker will need, checked once here; raises ConfigError with one line."""
+    """Everything a worker will need, checked once here; raises ConfigError with one line (one per problem
+    of a broken endpoints file: ProblemsError)."""
     try:
         endpoints = load_endpoints(settings.endpoints)
         matcher.compile(endpoints)
+    except EndpointsError as exc:
+        raise ProblemsError([f"endpoints: {_one_line(problem)}" for problem in exc.problems]) from None
     except ValueError as exc:
         raise ConfigError(f"endpoints: {_one_line(str(exc))}") from None
     asyncio.run(_check_store(settings.store))
