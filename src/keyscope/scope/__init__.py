@@ -43,7 +43,8 @@ from ..endpoints import Endpoint
 from ..errors import Refusal
 from ..limits import DEFAULT, Limits
 from ..models import ApiKey, PlatformEntry
-from . import jsonbody, locations
+from .jsonbody import dump
+from .locations import locate
 from .multipart import media_type
 from .places import NO_BODY, OPAQUE, Body, Reading, Slot, decide, entry_of
 from .refusals import Uninspectable, refuse
@@ -73,7 +74,7 @@ class Decision:
 
     def __init__(self, reading: Reading, slots: list[Slot], entry: PlatformEntry | None) -> None:
         if reading.body_changed and reading.kind.kind == "json":
-            reading.body = jsonbody.dump(reading.doc)
+            reading.body = dump(reading.doc)
         self.query = reading.query
         self.body = reading.body
         self.changed = reading.body_changed or reading.query_changed
@@ -96,7 +97,7 @@ class Decision:
     @property
     def places(self) -> list[Place]:
         unknown = {id(s.obj) for s in self._slots if not s.located() and s.obj is not None}
-        found = locations.locate(self._doc, unknown) if unknown else {}
+        found = locate(self._doc, unknown) if unknown else {}
         return [Place(s.where or found[id(s.obj)], s.ids, s.entries[0] if s.entries else None) for s in self._slots]
 
     def __repr__(self) -> str:

@@ -11,7 +11,7 @@ import re
 from typing import NamedTuple
 from urllib.parse import quote
 
-from . import names
+from .names import KINDS, classify
 from .refusals import refuse, special_name, too_many
 
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
@@ -73,10 +73,10 @@ def id_fields(fields: list[tuple[str, str]], what: str) -> tuple[dict[str, str |
     ids: dict[str, str | None] = {}
     spelt: dict[str, str] = {}
     for name, value in fields:
-        kind = names.classify(name)
+        kind = classify(name)
         if kind is None:
             continue
-        if kind not in names.KINDS:
+        if kind not in KINDS:
             raise special_name(kind, name, what)
         if kind in ids:
             raise refuse(400, "duplicate_id", name, f"The {what} names {kind} more than once.")
@@ -101,7 +101,7 @@ def rewrite(params: list[Param], values: dict[str, str]) -> bytes | None:
     done: set[str] = set()
     changed = False
     for param in params:
-        kind = names.classify(param.name)
+        kind = classify(param.name)
         if kind in values:
             done.add(kind)
             if param.name == kind and param.value == values[kind] and param.raw_value is not None:
@@ -111,7 +111,7 @@ def rewrite(params: list[Param], values: dict[str, str]) -> bytes | None:
             changed = True
         else:
             out.append(param.raw_name if param.raw_value is None else param.raw_name + b"=" + param.raw_value)
-    for kind in names.KINDS:
+    for kind in KINDS:
         if kind in values and kind not in done:
             out.append(kind.encode() + b"=" + encode(values[kind]))
             changed = True

@@ -19,7 +19,7 @@ import threading
 from typing import Any, NamedTuple
 
 from ..errors import Refusal
-from . import names
+from .names import KINDS, classify, fold
 from .refusals import refuse, special_name, too_many
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -52,10 +52,10 @@ def _shape(obj: dict[str, Any]) -> bool:
         _SPECIAL.clear()
     for key in obj:
         if key not in _FOLDS:
-            special = names.classify(key)
+            special = classify(key)
             if special is not None:
                 _SPECIAL[key] = special
-            _FOLDS[key] = names.fold(key)
+            _FOLDS[key] = fold(key)
     if len(obj) > 1 and len(set(map(_FOLDS.__getitem__, obj))) != len(obj):
         raise _collision(obj)
     holds = any(key in _SPECIAL for key in obj)
@@ -101,7 +101,7 @@ def _collision(obj: dict[str, Any]) -> Refusal:
             break
         seen.add(fold)
     special = _SPECIAL.get(key)
-    if special in names.KINDS:
+    if special in KINDS:
         return refuse(400, "duplicate_id", key, f"This object names {special} twice.")
     return refuse(400, "name_collision", key, f"The JSON body names {key!r} twice in one object, in another case "
                   "or spelling: some backends read only one of them.")

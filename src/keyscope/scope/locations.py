@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..endpoints import JsonStep
-from . import names
+from .names import fold
 from .refusals import refuse
 
 _tuple = tuple.__new__
@@ -83,9 +83,9 @@ def resolve(doc: Any, steps: tuple[JsonStep, ...]) -> list[Target]:
 def _refuse_misspelt(node: dict[str, Any], name: str, here: tuple[str | int, ...]) -> None:
     """A declared location's member spelt otherwise (`Platform`, `filter_by`) is the location itself to a
     backend that binds names case-insensitively or by a naming strategy, and none to one that does not."""
-    folded = names.fold(name)
+    folded = fold(name)
     for key in node:
-        if names.fold(key) == folded:
+        if fold(key) == folded:
             raise refuse(400, "id_name_case", where((*here[:-1], key))[2:], f"Write {name} exactly as {name!r} here.")
 
 

@@ -14,7 +14,7 @@ import re
 from typing import NamedTuple
 
 from ..errors import Refusal
-from . import names
+from .names import KINDS, classify
 from .refusals import Uninspectable, refuse, too_many
 
 _TOKEN = rb"[A-Za-z0-9!#$&+\-.^_`|~*']+"
@@ -121,8 +121,8 @@ def _part(body: bytes, start: int, end: int) -> Part:
     if kind != b"form-data" or "name" not in params:
         raise _bad("A multipart part is not form-data with a name.")
     name = params["name"].decode("utf-8", "surrogateescape")
-    special = names.classify(name)
-    if special is not None and special in names.KINDS:
+    special = classify(name)
+    if special is not None and special in KINDS:
         if "filename" in params:
             raise refuse(400, "id_file", name, f"The {name} part carries a filename: some backends read it as a file.")
         if b"content-type" in headers:
@@ -154,7 +154,7 @@ def _disposition(value: bytes) -> tuple[bytes, dict[str, bytes]]:
 
 def fields(parts: list[Part]) -> list[tuple[str, str]]:
     """(name, value) of the parts whose names matter (ids and refused names); other values stay undecoded."""
-    return [(p.name, p.value.decode("utf-8", "surrogateescape")) for p in parts if names.classify(p.name) is not None]
+    return [(p.name, p.value.decode("utf-8", "surrogateescape")) for p in parts if classify(p.name) is not None]
 
 
 def rewrite(body: bytes, boundary: bytes, parts: list[Part], values: dict[str, str]) -> bytes | None:
@@ -168,7 +168,7 @@ def rewrite(body: bytes, boundary: bytes, parts: list[Part], values: dict[str, s
     pos = 0
     done: set[str] = set()
     for part in parts:
-        kind = names.classify(part.name)
+        kind = classify(part.name)
         if kind in encoded:
             done.add(kind)
             if part.value != encoded[kind]:
@@ -177,7 +177,7 @@ def rewrite(body: bytes, boundary: bytes, parts: list[Part], values: dict[str, s
     closing = body.rindex(b"\r\n" + dash + b"--")
     added = [
         b"\r\n" + dash + b'\r\nContent-Disposition: form-data; name="' + kind.encode() + b'"\r\n\r\n' + encoded[kind]
-        for kind in names.KINDS
+        for kind in KINDS
         if kind in encoded and kind not in done
     ]
     if not out and not added:

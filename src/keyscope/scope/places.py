@@ -14,7 +14,15 @@ from ..endpoints import IdLocation
 from ..errors import Refusal
 from ..limits import Limits
 from ..models import PlatformEntry
-from . import form, jsonbody, multipart, names
+from .form import Param, id_fields, pieces
+from .form import parse as parse_pairs
+from .form import rewrite as rewrite_pairs
+from .jsonbody import read as read_json
+from .multipart import Part
+from .multipart import fields as part_fields
+from .multipart import parse as parse_parts
+from .multipart import rewrite as rewrite_parts
+from .names import KINDS
 from .locations import Target, locate, materialise, resolve
 from .locations import where as where_text
 from .refusals import Uninspectable, refuse
@@ -79,27 +87,27 @@ class Reading:
         self.body = body
         self.kind = kind
         self.query_changed = self.body_changed = False
-        self.params = form.parse(query, "query", limits.params) if query else []
-        ids, spelt = form.id_fields([(p.name, p.value) for p in self.params], "query string") if query else ({}, {})
+        self.params = parse_pairs(query, "query", limits.params) if query else []
+        ids, spelt = id_fields([(p.name, p.value) for p in self.params], "query string") if query else ({}, {})
         self.query_slot = Slot("query", ids, spelt, True)
         self.form_slot: Slot | None = None
-        self.form_params: list[form.Param] = []
+        self.form_params: list[Param] = []
         self.doc: Any = None
         self.holders: list[Slot] = []
-        self.parts: list[multipart.Part] = []
+        self.parts: list[Part] = []
         if kind.kind == "opaque" and linked:
             raise refuse(415, "uninspectable_body", None, "keyscope reads only uncompressed UTF-8 JSON and forms.")
         try:
             if kind.kind == "json":
-                self.doc, holders = jsonbody.read(body, limits.json_members, limits.json_depth)
+                self.doc, holders = read_json(body, limits.json_members, limits.json_depth)
                 self.holders = [Slot("", h.ids, h.names, True, h.obj) for h in holders]
             elif kind.kind == "form":
-                self.form_params = form.parse(body, "form", limits.params - form.pieces(query))
-                ids, spelt = form.id_fields([(p.name, p.value) for p in self.form_params], "form")
+                self.form_params = parse_pairs(body, "form", limits.params - pieces(query))
+                ids, spelt = id_fields([(p.name, p.value) for p in self.form_params], "form")
                 self.form_slot = Slot("form", ids, spelt, True)
             elif kind.kind == "multipart":
-                self.parts = multipart.parse(body, kind.boundary, limits.parts)
-                ids, spelt = form.id_fields(multipart.fields(self.parts), "form")
+                self.parts = parse_parts(body, kind.boundary, limits.parts)
+                ids, spelt = id_fields(part_fields(self.parts), "form")
                 self.form_slot = Slot("form", ids, spelt, True)
         except Uninspectable as exc:
             if linked:
@@ -111,23 +119,23 @@ class Reading:
         if not values:
             return
         if slot is self.query_slot:
-            rebuilt = form.rewrite(self.params, values)
+            rebuilt = rewrite_pairs(self.params, values)
             if rebuilt is not None:
                 self.query, self.query_changed = rebuilt, True
-                self.params = form.parse(rebuilt, "query", len(self.params) + len(values))
+                self.params = parse_pairs(rebuilt, "query", len(self.params) + len(values))
         elif slot is self.form_slot and self.kind.kind == "form":
-            rebuilt = form.rewrite(self.form_params, values)
+            rebuilt = rewrite_pairs(self.form_params, values)
             if rebuilt is not None:
                 self.body, self.body_changed = rebuilt, True
-                self.form_params = form.parse(rebuilt, "form", len(self.form_params) + len(values))
+                self.form_params = parse_pairs(rebuilt, "form", len(self.form_params) + len(values))
         elif slot is self.form_slot:
             try:
-                rebuilt = multipart.rewrite(self.body, self.kind.boundary, self.parts, values)
+                rebuilt = rewrite_parts(self.body, self.kind.boundary, self.parts, values)
             except Uninspectable as exc:
                 raise refuse(415, "uninspectable_body", None, f"keyscope cannot rewrite this body: {exc}.") from None
             if rebuilt is not None:
                 self.body, self.body_changed = rebuilt, True
-                self.parts = multipart.parse(rebuilt, self.kind.boundary, len(self.parts) + len(values))
+                self.parts = parse_parts(rebuilt, self.kind.boundary, len(self.parts) + len(values))
         else:
             if slot.obj is None:
                 assert slot.target is not None
@@ -236,7 +244,7 @@ def out_of_scope(rules: Sequence[dict[str, str]], slot: Slot) -> Refusal:
     """403 naming the id no entry accepts on its own, else the first id of the place."""
     ids = slot.ids
     first = kind = None
-    for named in names.KINDS:
+    for named in KINDS:
         value = ids.get(named)
         if value is not None:
             first = first or named
