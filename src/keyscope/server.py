@@ -198,7 +198,7 @@ def serve(settings: Settings) -> None:
     if settings.admin_listen is not None:
         from .web.serve import serve_with_web
 
-        serve_with_web(settings, options)
+        serve_with_web(settings, options, build_app)
     elif settings.workers > 1:
         os.environ[config.WORKER_ENV] = settings.to_json()
         uvicorn.run("keyscope.server:worker_app", factory=True, workers=settings.workers, **options)

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from .. import explain
 from ..endpoints import METHODS
 from ..models import ApiKey
-from .app import Handler, Ui
+from .ui import Handler, Ui
 
 KEY_CHOICES = 1000
 CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded", "multipart/form-data", "text/plain")

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from ..models import ApiKey
 from ..store.base import NotFound
-from .app import SECURITY_HEADERS, Answer, Handler, Ui, redirect
+from .ui import SECURITY_HEADERS, Answer, Handler, Ui, redirect
 from .records import page_number
 
 PAGE_SIZE = 50

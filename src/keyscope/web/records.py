@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from ..models import CHANNELS, RESOURCE_TYPES, ApiKey, Association, AssociationFilter, PlatformEntry
 from ..store.base import NotFound
-from .app import Answer, Handler, Ui, redirect
+from .ui import Answer, Handler, Ui, redirect
 
 PAGE_SIZE = 20
 PREVIEW_LIMIT = 1000

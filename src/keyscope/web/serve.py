@@ -17,6 +17,7 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -71,10 +72,11 @@ def web_app(settings: Settings, gateway: Any = None) -> Starlette:
     return create_web_app(store_from_url(settings.store), open_store=True, **options)
 
 
-def serve_with_web(settings: Settings, gateway_options: dict[str, Any]) -> None:
-    """Run the gateway (`gateway_options` as `server.serve` builds them) and the web interface until stopped."""
-    from ..server import build_app
-
+def serve_with_web(
+    settings: Settings, gateway_options: dict[str, Any], build_app: Callable[[Settings], Any]
+) -> None:
+    """Run the gateway (`build_app(settings)` with `gateway_options`, as `server.serve` makes them) and the web
+    interface until stopped. The gateway is built by the caller's function, so this layer imports no server."""
     assert settings.admin_listen is not None
     host, port = listen_address(settings.admin_listen)
     try:
