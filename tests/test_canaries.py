@@ -147,3 +147,36 @@ def test_uvicorn_server_surface_the_status_listener_uses() -> None:
     assert hasattr(uvicorn.Server(config), "started"), "uvicorn Server.started is gone"
     assert callable(getattr(Multiprocess, "run", None)), "uvicorn.supervisors.Multiprocess.run is gone"
     assert isinstance(STARTUP_FAILURE, int), "uvicorn.config.STARTUP_FAILURE is gone"
+
+
+def test_aiohttp_internals_the_upstream_exchange_uses() -> None:
+    """keyscope.proxy writes a buffered request on a pooled connection itself and reads the answer with
+    aiohttp's own parser: TCPConnector.connect(req, traces, timeout), the ResponseHandler's
+    set_response_params/start_timeout/read, the connector's _timeout_ceil_threshold, ClientRequest built as
+    a template, HttpProcessingError and EofStream. pyproject.toml bounds aiohttp below its next minor release."""
+    import aiohttp
+    from aiohttp.client_proto import ResponseHandler
+    from aiohttp.http_exceptions import HttpProcessingError
+    from aiohttp.streams import EofStream
+
+    assert issubclass(HttpProcessingError, Exception), "aiohttp.http_exceptions.HttpProcessingError is gone"
+    assert issubclass(EofStream, Exception), "aiohttp.streams.EofStream is gone"
+    assert list(inspect.signature(aiohttp.TCPConnector.connect).parameters)[1:4] == ["req", "traces", "timeout"], (
+        "aiohttp TCPConnector.connect(req, traces, timeout) changed"
+    )
+    params = inspect.signature(ResponseHandler.set_response_params).parameters
+    for name in ("skip_payload", "read_until_eof", "auto_decompress", "read_timeout", "timeout_ceil_threshold"):
+        assert name in params, f"aiohttp ResponseHandler.set_response_params no longer takes {name}="
+    for name in ("start_timeout", "read"):
+        assert callable(getattr(ResponseHandler, name, None)), f"aiohttp ResponseHandler.{name} is gone"
+    for name in ("loop", "ssl"):
+        assert name in inspect.signature(aiohttp.ClientRequest).parameters, f"aiohttp ClientRequest({name}=) gone"
+
+    async def connector_threshold() -> float:
+        connector = aiohttp.TCPConnector()
+        try:
+            return connector._timeout_ceil_threshold
+        finally:
+            await connector.close()
+
+    assert isinstance(asyncio.run(connector_threshold()), (int, float)), "TCPConnector._timeout_ceil_threshold gone"
