@@ -12,6 +12,7 @@ import ipaddress
 import json
 import math
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -293,6 +294,23 @@ def _validate_status(settings: Settings) -> None:
         raise ConfigError(f"status-listen {settings.status_listen!r} must not use the traffic port {settings.port}")
     if settings.admin_listen is not None and port != 0 and listen_address(settings.admin_listen)[1] == port:
         raise ConfigError(f"status-listen {settings.status_listen!r} must not use the admin-listen port {port}")
+
+
+def listen_socket(host: str, port: int, *, share: bool = False) -> socket.socket:
+    """Bound and listening, for a listener beside the gateway's (`--admin-listen`, `--status-listen`); `share`:
+    SO_REUSEPORT, so that every worker of `--workers N` listens on it. OSError is the caller's to report."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if share:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def listen_address(text: str) -> tuple[str, int]:

@@ -29,14 +29,13 @@ import json
 import logging
 import os
 import signal
-import socket
 from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 
 from . import metrics
-from .config import Settings, listen_address
+from .config import Settings, listen_address, listen_socket
 from .types import Receive, Scope, Send
 
 log = logging.getLogger("uvicorn.error")  # configured by uvicorn.Config, so the lines look like uvicorn's own
@@ -115,22 +114,6 @@ async def _answer(send: Send, status: int, doc: dict[str, Any], extra: list[tupl
     headers = [*_JSON, (b"content-length", str(len(body)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def listen_socket(host: str, port: int, *, share: bool) -> socket.socket:
-    """Bound and listening; `share`: SO_REUSEPORT, so that every worker of `--workers N` listens on it."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if share:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 class Status:

@@ -23,7 +23,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
-from ..config import WORKER_ENV, Settings, listen_address
+from ..config import WORKER_ENV, Settings, listen_address, listen_socket
 from ..endpoints import load as load_endpoints
 from ..store import store_from_url
 from .app import create_web_app
@@ -37,20 +37,6 @@ WEB_OPTIONS: dict[str, Any] = {
     "log_level": "info",
     "timeout_graceful_shutdown": 10,
 }
-
-
-def listen_socket(host: str, port: int) -> socket.socket:
-    """Bound and listening; OSError (port taken, address not local) is the caller's to report."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def web_app(settings: Settings, gateway: Any = None) -> Starlette:
