@@ -103,6 +103,15 @@ class Admission:
         self.request_id = rid = accesslog.request_id(given)
         return rid
 
+    async def refused(
+        self, scope: Scope, send: Send, refusal: Refusal, started: float, authenticator: KeyAuthenticator
+    ) -> None:
+        """Answer a refusal on the ASGI path and log it: the gateway's and the middleware's one way."""
+        if self.request_id is None:  # step 1 refused: the head has no header map
+            self.begin(scope, None, authenticator)
+        self.bytes_out = await refuse(send, refusal, self.family, self.request_id)
+        self.log(started, scope, accesslog.REFUSED, refusal.status, refusal)
+
     @property
     def family(self) -> Family:
         return self.endpoint.errors if self.endpoint is not None else "legacy"

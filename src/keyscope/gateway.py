@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from . import accesslog, admin, metrics
 from .auth import KeyAuthenticator, authorization_header, split_credentials
-from .checks import Admission, Checks, ClientGone, refusal_answer, refuse
+from .checks import Admission, Checks, ClientGone, refusal_answer
 from .config import DEFAULT_HEADER_TIMEOUT, Settings
 from .endpoints import Endpoint
 from .endpoints import load as load_endpoints
@@ -149,10 +149,7 @@ class Gateway:
                     return
                 await checks.admit(scope, receive, admission, headers)
             except Refusal as refusal:
-                if admission.request_id is None:  # step 1 refused: the head has no header map
-                    admission.begin(scope, None, self.authenticator)
-                admission.bytes_out = await refuse(send, refusal, admission.family, admission.request_id)
-                admission.log(started, scope, accesslog.REFUSED, refusal.status, refusal)
+                await admission.refused(scope, send, refusal, started, self.authenticator)
                 return
             except ClientGone:
                 admission.log(started, scope, accesslog.FAILED, accesslog.CLIENT_GONE)

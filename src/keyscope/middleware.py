@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 from . import accesslog
 from .auth import KeyAuthenticator
-from .checks import Admission, Checks, ClientGone, refuse
+from .checks import Admission, Checks, ClientGone
 from .endpoints import Endpoint
 from .endpoints import load as load_endpoints
 from .errors import Refusal
@@ -95,10 +95,7 @@ class KeyScopeMiddleware:
                 scope = {**scope, "headers": list(scope["headers"])}
             await checks.admit(scope, receive, admission, headers)
         except Refusal as refusal:
-            if admission.request_id is None:  # step 1 refused: the head has no header map
-                admission.begin(scope, None, self.authenticator)
-            admission.bytes_out = await refuse(send, refusal, admission.family, admission.request_id)
-            admission.log(started, scope, accesslog.REFUSED, refusal.status, refusal)
+            await admission.refused(scope, send, refusal, started, self.authenticator)
             return
         except ClientGone:
             admission.log(started, scope, accesslog.FAILED, accesslog.CLIENT_GONE)
