@@ -276,10 +276,10 @@ def _clean_env() -> dict[str, str]:
 
 
 def _keyscope_entry() -> str:
-    """`keyscope.cli serve` once the CLI wires it, else `keyscope.server serve`."""
+    """`keyscope.cli.main serve` once the CLI wires it, else `keyscope.serve.server serve`."""
     done = subprocess.run([sys.executable, "-m", "keyscope.cli", "serve", "--help"], capture_output=True,
                           env=_clean_env(), timeout=60)
-    return "keyscope.cli" if done.returncode == 0 else "keyscope.server"
+    return "keyscope.cli.main" if done.returncode == 0 else "keyscope.serve.server"
 
 
 def versions() -> dict[str, str]:

@@ -19,7 +19,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from keyscope import keys
+from keyscope.core import keys
 from keyscope.store.sql import to_text
 from keyscope.store.sqlite import SQLiteStore
 

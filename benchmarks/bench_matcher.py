@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from keyscope import matcher as keyscope_matcher  # noqa: E402
-from keyscope.endpoints import Endpoint, load  # noqa: E402
+from keyscope.allowlist import matcher as keyscope_matcher  # noqa: E402
+from keyscope.allowlist.table import Endpoint, load  # noqa: E402
 
 Request = tuple[str, str]  # (method, raw path as str)
 Answer = tuple[str, str]  # ("match", template) | ("405", "") | ("404", "")

@@ -102,7 +102,7 @@ def store_url(kind: str, folder: Path) -> Iterator[str]:
 
 
 def gateway_command(upstream: str, store: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "keyscope.server", "--upstream", upstream, "--store", store, "--port", str(port),
+    return [sys.executable, "-m", "keyscope.serve.server", "--upstream", upstream, "--store", store, "--port", str(port),
             "--key-cache-ttl", "3600", "--no-access-log"]
 
 
@@ -163,7 +163,7 @@ def drivers(count: int) -> None:
 
 
 async def compare_drivers(url: str, count: int) -> None:
-    from keyscope.keys import hash_secret, new_secret
+    from keyscope.core.keys import hash_secret, new_secret
     from keyscope.store.postgres import PostgresStore
 
     store = PostgresStore(url)

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from keyscope.endpoints import Endpoint, IdLocation
+from keyscope.allowlist.table import Endpoint, IdLocation
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 PYTHON = sys.executable
@@ -111,7 +111,7 @@ class Gateway:
         error_log = folder / "stderr.log"
         environment = {k: v for k, v in os.environ.items() if not k.startswith("KEYSCOPE_")}
         environment.update(KEYSCOPE_ADMIN_TOKEN=ADMIN_TOKEN, **(env or {}))
-        command = [PYTHON, "-m", "keyscope.server", "--upstream", upstream, "--store", store_url,
+        command = [PYTHON, "-m", "keyscope.serve.server", "--upstream", upstream, "--store", store_url,
                    "--port", str(port), *extra]
         with access_log.open("ab") as out, error_log.open("ab") as err:
             process = subprocess.Popen(command, env=environment, stdout=out, stderr=err)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keyscope import accesslog
+from keyscope.observe import accesslog
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ import httpx
 import pytest
 import uvicorn
 
-from keyscope.admin import MAX_BODY, AdminApp, call, create_app
-from keyscope.auth import KeyAuthenticator
+from keyscope.control.admin import MAX_BODY, AdminApp, call, create_app
+from keyscope.decide.auth import KeyAuthenticator
 from keyscope.store import Store
 
 pytestmark = pytest.mark.anyio

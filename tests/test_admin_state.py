@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from keyscope.admin import create_app
-from keyscope.auth import KeyAuthenticator
+from keyscope.control.admin import create_app
+from keyscope.decide.auth import KeyAuthenticator
 from keyscope.store import store_from_url
 
 TOKEN = "state-machine-admin-token"

@@ -11,15 +11,14 @@ from typing import Any
 
 import anyio
 import pytest
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keyscope import canonical
-from keyscope.auth import MAX_SECRET, KeyAuthenticator, app_secret
-from keyscope.errors import Refusal
-from keyscope.keys import display_prefix, hash_secret, new_key_id, new_secret
-from keyscope.models import ApiKey, KeyUpdate, PlatformEntry
+from keyscope.core.errors import Refusal
+from keyscope.core.keys import display_prefix, hash_secret, new_key_id, new_secret
+from keyscope.core.models import ApiKey, KeyUpdate, PlatformEntry
+from keyscope.decide.auth import MAX_SECRET, KeyAuthenticator, app_secret
+from keyscope.http import canonical
 from keyscope.store import StoreUnavailable
 from keyscope.store.sqlite import SQLiteStore
 

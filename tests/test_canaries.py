@@ -17,9 +17,9 @@ from uvicorn.protocols.http import flow_control
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from keyscope.protocol import GatewayProtocol
+from keyscope.gateway.protocol import GatewayProtocol
 
-# What keyscope.protocol overrides or calls on uvicorn's httptools protocol.
+# What keyscope.gateway.protocol overrides or calls on uvicorn's httptools protocol.
 PROTOCOL_METHODS = [
     "connection_made", "connection_lost", "data_received", "on_url", "on_header", "on_headers_complete",
     "on_body", "on_message_complete", "on_response_complete",
@@ -128,9 +128,9 @@ def test_a_connection_and_its_cycle_have_what_keyscope_reads() -> None:
 
 
 def test_uvicorn_server_surface_the_status_listener_uses() -> None:
-    """keyscope.status starts a second uvicorn server inside the gateway's loop (Server.startup with sockets, a
+    """keyscope.serve.status starts a second uvicorn server inside the gateway's loop (Server.startup with sockets, a
     lifespan_class on the config) and is called back by the main one (Config's callback_notify and
-    timeout_notify); keyscope.server runs the Multiprocess supervisor itself to pass that callback to workers."""
+    timeout_notify); keyscope.serve.server runs the Multiprocess supervisor itself to pass that callback to workers."""
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
@@ -150,7 +150,7 @@ def test_uvicorn_server_surface_the_status_listener_uses() -> None:
 
 
 def test_aiohttp_internals_the_upstream_exchange_uses() -> None:
-    """keyscope.proxy writes a buffered request on a pooled connection itself and reads the answer with
+    """keyscope.gateway.upstream writes a buffered request on a pooled connection itself and reads the answer with
     aiohttp's own parser: TCPConnector.connect(req, traces, timeout), the ResponseHandler's
     set_response_params/start_timeout/read, the connector's _timeout_ceil_threshold, ClientRequest built as
     a template, HttpProcessingError and EofStream. pyproject.toml bounds aiohttp below its next minor release."""

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keyscope import canonical
-from keyscope.errors import Refusal
-from keyscope.limits import DEFAULT, Limits
+from keyscope.core.errors import Refusal
+from keyscope.core.limits import DEFAULT, Limits
+from keyscope.http import canonical
 
 STATUS = {"too_long": 414, "too_many_headers": 431, "headers_too_large": 431}
 

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keyscope import checks
-from keyscope.checks import Admission, ClientGone, KnownIds, Principal, read_body
-from keyscope.endpoints import Endpoint
-from keyscope.errors import Refusal
-from keyscope.models import ApiKey, PlatformEntry
+from keyscope.allowlist.table import Endpoint
+from keyscope.core.errors import Refusal
+from keyscope.core.models import ApiKey, PlatformEntry
+from keyscope.decide import checks
+from keyscope.decide.checks import Admission, ClientGone, KnownIds, Principal, read_body
 
 pytestmark = pytest.mark.anyio
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from keyscope.admin import create_app
-from keyscope.auth import KeyAuthenticator
+from keyscope.control.admin import create_app
+from keyscope.decide.auth import KeyAuthenticator
 from keyscope.store import store_from_url
 
 SCRIPT = Path(sys.executable).with_name("keyscope")
@@ -344,9 +344,9 @@ def test_serve_is_registered_and_sees_the_global_store_option() -> None:
 def test_management_commands_do_not_load_the_gateway(db_url: str) -> None:
     code = (
         "import sys\n"
-        "from keyscope.cli import main\n"
+        "from keyscope.cli.main import main\n"
         f"status = main(['apps', 'list', '--create', '--store', {db_url!r}])\n"
-        "print(status, [m for m in ('keyscope.server', 'uvicorn', 'aiohttp') if m in sys.modules])\n"
+        "print(status, [m for m in ('keyscope.serve.server', 'uvicorn', 'aiohttp') if m in sys.modules])\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.splitlines()[-1] == "0 []", result.stderr

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from keyscope import __version__
-from keyscope.cli import main
-from keyscope.config import ConfigError, load, startup_warnings
+from keyscope.cli.main import main
+from keyscope.core.settings import ConfigError, load, startup_warnings
 from keyscope.store import store_from_url
 from keyscope.store.sqlite import StoreMissing
 
@@ -164,7 +164,7 @@ async def test_store_from_url_refuses_a_missing_file_unless_asked_to_create(tmp_
 def test_serve_refuses_a_missing_store_and_creates_nothing(tmp_path: Path) -> None:
     typo = f"sqlite:///{tmp_path / 'typo.db'}"
     result = subprocess.run(
-        [sys.executable, "-m", "keyscope.server", "--upstream", UPSTREAM, "--store", typo, "--port", "0"],
+        [sys.executable, "-m", "keyscope.serve.server", "--upstream", UPSTREAM, "--store", typo, "--port", "0"],
         capture_output=True, text=True, timeout=60,
         env={k: v for k, v in os.environ.items() if not k.startswith("KEYSCOPE_")},
     )
@@ -179,7 +179,7 @@ def test_serve_refuses_a_missing_store_and_creates_nothing(tmp_path: Path) -> No
 
 def test_an_unknown_keyscope_variable_stops_serve_with_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "keyscope.server", "--upstream", UPSTREAM, "--port", "0"],
+        [sys.executable, "-m", "keyscope.serve.server", "--upstream", UPSTREAM, "--port", "0"],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
         env={**{k: v for k, v in os.environ.items() if not k.startswith("KEYSCOPE_")}, "KEYSCOPE_MAX_BODY": "5"},
     )

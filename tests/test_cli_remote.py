@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from gateway_helpers import ADMIN_TOKEN, Gateway, free_port
 
-from keyscope import cli_remote
-from keyscope.cli import main
+from keyscope.cli import remote as cli_remote
+from keyscope.cli.main import main
 
 SCRIPT = Path(sys.executable).with_name("keyscope")
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "keyscope.cli"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from keyscope import endpoints
-from keyscope.endpoints import Endpoint, EndpointsError, IdLocation, JsonStep
+from keyscope.allowlist import table as endpoints
+from keyscope.allowlist.table import Endpoint, EndpointsError, IdLocation, JsonStep
 
 SEED = Path(__file__).parent / "data" / "seed_endpoints.tsv"
 REPO_FILE = Path(__file__).resolve().parents[1] / "endpoints.yaml"

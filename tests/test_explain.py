@@ -17,8 +17,8 @@ import pytest
 from gateway_fixtures import echo  # noqa: F401
 from gateway_helpers import Echo, Gateway, Key
 
-from keyscope.endpoints import load as load_endpoints
-from keyscope.explain import KeyNotFound, explain
+from keyscope.allowlist.table import load as load_endpoints
+from keyscope.gateway.explain import KeyNotFound, explain
 from keyscope.store import Store, store_from_url
 
 ENDPOINTS = load_endpoints()

@@ -21,13 +21,14 @@ from typing import Any
 
 import pytest
 
-from keyscope import accesslog, keys
-from keyscope.checks import Admission
-from keyscope.config import Settings
-from keyscope.errors import Refusal
-from keyscope.gateway import Gateway
-from keyscope.middleware import KeyScopeMiddleware
-from keyscope.models import ApiKey, Application, PlatformEntry
+from keyscope.core import keys
+from keyscope.core.errors import Refusal
+from keyscope.core.models import ApiKey, Application, PlatformEntry
+from keyscope.core.settings import Settings
+from keyscope.decide.checks import Admission
+from keyscope.gateway.app import Gateway
+from keyscope.gateway.middleware import KeyScopeMiddleware
+from keyscope.observe import accesslog
 from keyscope.store import store_from_url
 
 SEND = b"/sms/2/text/advanced"

@@ -15,7 +15,7 @@ import pytest
 from gateway_fixtures import APP_A, APP_B, ENT_A, ENT_B, World, echo, fresh_log, gateway, world  # noqa: F401
 from gateway_helpers import Echo, Gateway, endpoint_request, request_bytes, sample_path
 
-from keyscope.endpoints import Endpoint, load
+from keyscope.allowlist.table import Endpoint, load
 
 ENDPOINTS = load()
 

@@ -22,12 +22,12 @@ from gateway_helpers import Echo, Gateway, Key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keyscope import keys
-from keyscope.auth import KeyAuthenticator
-from keyscope.checks import Admission, Checks
-from keyscope.endpoints import load as load_endpoints
-from keyscope.errors import Refusal
-from keyscope.models import ApiKey, Application, Entity, PlatformEntry
+from keyscope.allowlist.table import load as load_endpoints
+from keyscope.core import keys
+from keyscope.core.errors import Refusal
+from keyscope.core.models import ApiKey, Application, Entity, PlatformEntry
+from keyscope.decide.auth import KeyAuthenticator
+from keyscope.decide.checks import Admission, Checks
 from keyscope.store import store_from_url
 
 APPS, ENTITIES = ("app-a", "app-b"), ("ent-a", "ent-b")

@@ -73,7 +73,7 @@ def test_non_canonical_targets_are_refused_for_everyone(
 
 @pytest.mark.parametrize("who", ["primary", "pair", "nobody"])
 def test_over_long_targets_are_414_for_everyone(who: str, gateway: Gateway, echo: Echo, world: World) -> None:
-    # 400 before the limits (keyscope.limits): 414 says what to fix
+    # 400 before the limits (keyscope.core.limits): 414 says what to fix
     key = None if who == "nobody" else getattr(world, who)
     status, body = send_raw(gateway, echo, request_bytes("GET", "/sms/1/" + "a" * 9000, key))
     assert status == 414, body

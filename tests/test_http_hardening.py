@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_limits import connect, read_one, threaded
 
-from keyscope import admin
-from keyscope.auth import KeyAuthenticator
-from keyscope.middleware import KeyScopeMiddleware
-from keyscope.protocol import GatewayProtocol
+from keyscope.control import admin
+from keyscope.decide.auth import KeyAuthenticator
+from keyscope.gateway.middleware import KeyScopeMiddleware
+from keyscope.gateway.protocol import GatewayProtocol
 from keyscope.store import store_from_url
 
 SEND = "/sms/2/text/advanced"

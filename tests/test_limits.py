@@ -1,4 +1,4 @@
-"""The bounds on a request head (`keyscope.limits`), before anyone is authenticated.
+"""The bounds on a request head (`keyscope.core.limits`), before anyone is authenticated.
 
 Under `keyscope serve` the protocol counts the target and the header lines as they arrive and answers 414/431
 the moment a bound is crossed, before the head is complete; a head that is not complete in `header_timeout`
@@ -22,20 +22,19 @@ from typing import Any
 
 import pytest
 import uvicorn
-from gateway_fixtures import echo, fresh_log, gateway, world  # noqa: F401
-from gateway_fixtures import World
-from gateway_helpers import init_store, Echo, Gateway, Key, free_port, request_bytes
+from gateway_fixtures import World, echo, fresh_log, gateway, world  # noqa: F401
+from gateway_helpers import Echo, Gateway, Key, free_port, init_store, request_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keyscope import canonical
-from keyscope.checks import refuse
-from keyscope.config import ConfigError, Settings, load
-from keyscope.errors import Refusal, refusal_body
-from keyscope.gateway import Gateway as GatewayApp
-from keyscope.limits import DEFAULT, Limits
-from keyscope.middleware import KeyScopeMiddleware
-from keyscope.protocol import GatewayProtocol, head_bytes_limit
+from keyscope.core.errors import Refusal, refusal_body
+from keyscope.core.limits import DEFAULT, Limits
+from keyscope.core.settings import ConfigError, Settings, load
+from keyscope.decide.checks import refuse
+from keyscope.gateway.app import Gateway as GatewayApp
+from keyscope.gateway.middleware import KeyScopeMiddleware
+from keyscope.gateway.protocol import GatewayProtocol, head_bytes_limit
+from keyscope.http import canonical
 
 SMALL = Limits(target_bytes=64, headers=6, header_bytes=200)
 

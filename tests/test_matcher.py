@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keyscope.endpoints import Endpoint, load
-from keyscope.matcher import NOT_FOUND, Match, Matcher, MethodNotAllowed, compile
+from keyscope.allowlist.matcher import NOT_FOUND, Match, Matcher, MethodNotAllowed, compile
+from keyscope.allowlist.table import Endpoint, load
 
 SEED = Path(__file__).parent / "data" / "seed_endpoints.tsv"
 

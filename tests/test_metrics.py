@@ -1,4 +1,4 @@
-"""`GET /metrics` on the status listener (`keyscope.metrics`), through a real `keyscope serve --status-listen`.
+"""`GET /metrics` on the status listener (`keyscope.observe.metrics`), through a real `keyscope serve --status-listen`.
 
 The counters are checked against the access lines of the same requests: one count per line, with its labels.
 """

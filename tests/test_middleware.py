@@ -4,8 +4,8 @@ store whose keys are made through the real management API (in-process)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +19,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from keyscope import admin
-from keyscope.auth import KeyAuthenticator
-from keyscope.checks import Principal
-from keyscope.middleware import KeyScopeMiddleware
+from keyscope.control import admin
+from keyscope.decide.auth import KeyAuthenticator
+from keyscope.decide.checks import Principal
+from keyscope.gateway.middleware import KeyScopeMiddleware
 from keyscope.store import store_from_url
 
 TOKEN = "middleware-test-token"

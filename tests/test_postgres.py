@@ -15,10 +15,10 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-
 from conftest import PG_SERVER as SERVER
-from keyscope.keys import display_prefix, hash_secret, new_key_id, new_secret
-from keyscope.models import ApiKey, Application, KeyUpdate, PlatformEntry, PlatformLink
+
+from keyscope.core.keys import display_prefix, hash_secret, new_key_id, new_secret
+from keyscope.core.models import ApiKey, Application, KeyUpdate, PlatformEntry, PlatformLink
 from keyscope.store import Conflict, MissingReference, StoreUnavailable
 from keyscope.store.migrations import LATEST, MIGRATIONS
 from keyscope.store.postgres import PostgresStore, redact, to_dollar

@@ -26,17 +26,16 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-
 from conftest import PG_SERVER as SERVER
 from gateway_helpers import init_store
-from keyscope.keys import display_prefix, hash_secret, new_key_id, new_secret
-from keyscope.models import ApiKey, Application, Entity, KeyUpdate, PlatformEntry, PlatformLink
+from test_postgres import Relay, terminate
+
+from keyscope.core.keys import display_prefix, hash_secret, new_key_id, new_secret
+from keyscope.core.models import ApiKey, Application, Entity, KeyUpdate, PlatformEntry, PlatformLink
 from keyscope.store import MissingReference, NotFound, Store
 from keyscope.store.postgres import PostgresStore
 from keyscope.store.sqlite import SQLiteStore
-from keyscope.watch import ChangeWatcher
-from test_postgres import Relay, terminate
-
+from keyscope.store.watch import ChangeWatcher
 
 PATIENCE = 15.0  # seconds: generous, the tests assert that a change arrives, not how fast
 
@@ -372,7 +371,7 @@ class Instance:
         environment["KEYSCOPE_ADMIN_TOKEN"] = ADMIN_TOKEN
         if store_url.startswith("sqlite:///"):
             init_store(store_url)  # serve refuses a SQLite file that does not exist
-        command = [sys.executable, "-m", "keyscope.server", "--upstream", upstream, "--store", store_url,
+        command = [sys.executable, "-m", "keyscope.serve.server", "--upstream", upstream, "--store", store_url,
                    "--port", str(port), "--key-cache-ttl", HOUR, "--no-access-log", *extra]
         with log.open("ab") as out:
             process = subprocess.Popen(command, env=environment, stdout=out, stderr=subprocess.STDOUT)
@@ -601,7 +600,7 @@ def test_start_up_with_an_unreachable_store_fails_with_one_line(echo: str, tmp_p
         url = f"postgresql://keyscope:s3cret@127.0.0.1:{refusing.getsockname()[1]}/keys"
         environment = {k: v for k, v in os.environ.items() if not k.startswith("KEYSCOPE_")}
         result = subprocess.run(
-            [sys.executable, "-m", "keyscope.server", "--upstream", echo, "--store", url, "--port", str(free_port())],
+            [sys.executable, "-m", "keyscope.serve.server", "--upstream", echo, "--store", url, "--port", str(free_port())],
             env=environment, capture_output=True, timeout=60,
         )
     assert result.returncode != 0

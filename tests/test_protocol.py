@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 from gateway_helpers import free_port
 
-from keyscope.protocol import CoalescingWriter, GatewayProtocol
+from keyscope.gateway.protocol import CoalescingWriter, GatewayProtocol
 
 REFUSAL = b'{"refused":true}'
 

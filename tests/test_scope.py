@@ -15,11 +15,12 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from keyscope import endpoints, scope
+from keyscope import scope
+from keyscope.allowlist import table as endpoints
+from keyscope.allowlist.table import Endpoint
+from keyscope.core.errors import Refusal
+from keyscope.core.models import ApiKey, PlatformEntry
 from keyscope.scope import form
-from keyscope.endpoints import Endpoint
-from keyscope.errors import Refusal
-from keyscope.models import ApiKey, PlatformEntry
 
 ENDPOINTS = {(e.method, e.path): e for e in endpoints.load()}
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)

@@ -15,10 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keyscope import endpoints, scope
-from keyscope.errors import Refusal
-from keyscope.limits import Limits
-from keyscope.models import ApiKey, PlatformEntry
+from keyscope import scope
+from keyscope.allowlist import table as endpoints
+from keyscope.core.errors import Refusal
+from keyscope.core.limits import Limits
+from keyscope.core.models import ApiKey, PlatformEntry
 from keyscope.scope import names
 
 ENDPOINTS = {(e.method, e.path): e for e in endpoints.load()}

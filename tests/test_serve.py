@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from gateway_helpers import ADMIN_TOKEN, Echo, Gateway, free_port, init_store, request_bytes, wait_listening
 
-from keyscope.config import ConfigError, Settings, load
+from keyscope.core.settings import ConfigError, Settings, load
 
 UPSTREAM = "http://127.0.0.1:9"
 
@@ -86,7 +86,7 @@ def test_bad_settings_are_one_clear_error(
 
 
 def test_admin_listen_defaults_to_loopback() -> None:
-    from keyscope.config import listen_address
+    from keyscope.core.settings import listen_address
 
     assert listen_address("8081") == ("127.0.0.1", 8081)
     assert listen_address("0.0.0.0:8081") == ("0.0.0.0", 8081)
@@ -103,7 +103,7 @@ def test_secrets_are_not_in_the_settings_repr() -> None:
 def serve(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSCOPE_")}
     return subprocess.run(
-        [sys.executable, "-m", "keyscope.server", *args, "--port", str(free_port())],
+        [sys.executable, "-m", "keyscope.serve.server", *args, "--port", str(free_port())],
         capture_output=True, text=True, timeout=60, cwd=cwd, env=env,
     )
 
@@ -165,7 +165,7 @@ def test_a_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSCOPE_")}
         init_store(f"sqlite:///{tmp_path / 'keyscope.db'}")  # the default store, which serve never creates
         result = subprocess.run(
-            [sys.executable, "-m", "keyscope.server", "--upstream", UPSTREAM, "--port", str(port)],
+            [sys.executable, "-m", "keyscope.serve.server", "--upstream", UPSTREAM, "--port", str(port)],
             capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
         )
     assert result.returncode == 2
@@ -242,7 +242,7 @@ def test_serve_without_an_admin_token_says_so_once(tmp_path: Path, token: str | 
         env["KEYSCOPE_ADMIN_TOKEN"] = token
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "keyscope.server", "--upstream", UPSTREAM, "--store", store_url, "--port", str(port)],
+        [sys.executable, "-m", "keyscope.serve.server", "--upstream", UPSTREAM, "--store", store_url, "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=tmp_path,
     )
     try:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from gateway_helpers import Echo, Gateway, Key, free_port, request_bytes
 
-from keyscope.config import ConfigError, load
+from keyscope.core.settings import ConfigError, load
 from keyscope.store.sqlite import SQLiteStore
 
 UPSTREAM = "http://127.0.0.1:9"
@@ -191,7 +191,7 @@ def test_a_taken_status_port_stops_start_up(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSCOPE_")}
         result = subprocess.run(
-            [sys.executable, "-m", "keyscope.server", "--upstream", UPSTREAM, "--port", str(free_port()),
+            [sys.executable, "-m", "keyscope.serve.server", "--upstream", UPSTREAM, "--port", str(free_port()),
              "--store", f"sqlite:///{tmp_path / 'keyscope.db'}", "--status-listen", f"127.0.0.1:{port}"],
             capture_output=True, text=True, timeout=60, env=env,
         )

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from keyscope import keys
-from keyscope.models import (
+from keyscope.core import keys
+from keyscope.core.models import (
     DEFAULT_APPLICATION,
     ApiKey,
     Application,
@@ -559,7 +559,7 @@ async def test_two_stores_on_one_file_creating_the_same_id_exactly_one_succeeds(
 
 OPEN_AND_CREATE = """
 import asyncio, sys
-from keyscope.models import Application
+from keyscope.core.models import Application
 from keyscope.store import Conflict, store_from_url
 
 async def main():

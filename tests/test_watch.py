@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from keyscope.watch import ChangeWatcher
+from keyscope.store.watch import ChangeWatcher
 
 pytestmark = pytest.mark.anyio
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_helpers import ADMIN_TOKEN, init_store, Echo, Gateway, Key, free_port, wait_listening
+from gateway_helpers import ADMIN_TOKEN, Echo, Gateway, Key, free_port, init_store, wait_listening
 
-from keyscope.endpoints import load as load_endpoints
-from keyscope.keys import hash_secret
-from keyscope.models import Association, AssociationFilter, Entity
+from keyscope.allowlist.table import load as load_endpoints
+from keyscope.core.keys import hash_secret
+from keyscope.core.models import Association, AssociationFilter, Entity
 from keyscope.store import Store
 from keyscope.store.base import NotFound
 from keyscope.web import create_web_app
@@ -510,7 +510,7 @@ def test_serve_stops_when_the_admin_listener_is_taken(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         init_store(f"sqlite:///{tmp_path / 'k.db'}")  # serve refuses a SQLite file that does not exist
         busy = subprocess.run(
-            [sys.executable, "-m", "keyscope.server", "--upstream", "http://127.0.0.1:9",
+            [sys.executable, "-m", "keyscope.serve.server", "--upstream", "http://127.0.0.1:9",
              "--store", f"sqlite:///{tmp_path / 'k.db'}", "--port", str(free_port()),
              "--admin-listen", f"127.0.0.1:{port}"],
             env=environment, capture_output=True, timeout=60,

@@ -32,7 +32,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Pyt
 
 import uvicorn  # noqa: E402
 
-from keyscope.endpoints import load as load_endpoints  # noqa: E402
+from keyscope.allowlist.table import load as load_endpoints  # noqa: E402
 from keyscope.store import store_from_url  # noqa: E402
 from keyscope.web import create_web_app  # noqa: E402
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
-from keyscope import keys
-from keyscope.models import ApiKey, Application, PlatformEntry
+from keyscope.core import keys
+from keyscope.core.models import ApiKey, Application, PlatformEntry
 from keyscope.store import store_from_url
 
 APP = "bench-app"

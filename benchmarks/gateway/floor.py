@@ -1,6 +1,6 @@
 """keyscope's server alone answering the refused POST: the same 403 bytes, no checks, no log line (a diagnostic row).
 
-The server is `keyscope serve`'s own: uvicorn with `keyscope.protocol.GatewayProtocol` (early answers, one
+The server is `keyscope serve`'s own: uvicorn with `keyscope.gateway.protocol.GatewayProtocol` (early answers, one
 send() per answer), uvloop, the same options and the same GC tuning. Its app answers every request with the
 refusal the gateway sends for the benchmark's refused POST, from `early()` as the gateway does, without
 authenticating, matching, reading the body or logging. Set next to the refusal row, it splits a refusal's
@@ -16,13 +16,12 @@ import argparse
 from typing import Any
 
 import uvicorn
-
-from keyscope.checks import refuse, refusal_answer
-from keyscope.errors import Refusal
-from keyscope.protocol import GatewayProtocol
-from keyscope.server import _tune_gc
-
 from fixtures import OTHER_APP  # run as a script: benchmarks/gateway is on sys.path
+
+from keyscope.core.errors import Refusal
+from keyscope.decide.checks import refusal_answer, refuse
+from keyscope.gateway.protocol import GatewayProtocol
+from keyscope.serve.server import _tune_gc
 
 REFUSAL = Refusal(403, reason="id_out_of_scope", step="scope", field="messages[0].applicationId",
                   detail=f"This key may not use applicationId {OTHER_APP!r}.")

@@ -1,4 +1,4 @@
-"""keyscope's forwarding step alone (`keyscope.proxy.Upstream`), with no checks: a diagnostic row.
+"""keyscope's forwarding step alone (`keyscope.gateway.upstream.Upstream`), with no checks: a diagnostic row.
 
 Set next to the bare aiohttp proxy and the full gateway, it splits keyscope's cost per request into what its
 forwarding adds over the plain proxy and what the checks add over its forwarding. A POST body is read first
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from keyscope.proxy import Upstream
+from keyscope.gateway.upstream import Upstream
 
 upstream = Upstream(os.environ.get("BENCH_UPSTREAM", "http://127.0.0.1:9"))
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 
+from backend import answer
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-
-from backend import answer
 
 
 async def echo(request: Request) -> Response:
@@ -28,7 +27,7 @@ async def echo(request: Request) -> Response:
 def _middleware() -> list[Middleware]:
     if os.environ.get("BENCH_MIDDLEWARE") != "1":
         return []
-    from keyscope.middleware import KeyScopeMiddleware
+    from keyscope.gateway.middleware import KeyScopeMiddleware
 
     store = os.environ.get("BENCH_STORE")
     if not store:

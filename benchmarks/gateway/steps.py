@@ -37,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.fixtures import APP, OTHER_APP, message_body, seed  # noqa: E402
 from keyscope import accesslog  # noqa: E402
-from keyscope.checks import Admission  # noqa: E402
-from keyscope.config import Settings  # noqa: E402
-from keyscope.errors import Refusal  # noqa: E402
-from keyscope.gateway import Gateway  # noqa: E402
-from keyscope.gateway import _ADMITTED as ADMITTED  # noqa: E402
-from keyscope.middleware import KeyScopeMiddleware  # noqa: E402
+from keyscope.core.errors import Refusal  # noqa: E402
+from keyscope.core.settings import Settings  # noqa: E402
+from keyscope.decide.checks import Admission  # noqa: E402
+from keyscope.gateway.app import _ADMITTED as ADMITTED  # noqa: E402
+from keyscope.gateway.app import Gateway  # noqa: E402
+from keyscope.gateway.middleware import KeyScopeMiddleware  # noqa: E402
 from keyscope.store import store_from_url  # noqa: E402
 
 _ANSWER = b'{"ok":true}'

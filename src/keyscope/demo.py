@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from . import keys
-from .models import ApiKey, Application, Entity, PlatformEntry
-from .store import store_from_url
+from keyscope.core import keys
+from keyscope.core.models import ApiKey, Application, Entity, PlatformEntry
+from keyscope.store import store_from_url
 
 
 @dataclass(frozen=True)

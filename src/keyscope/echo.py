@@ -29,7 +29,7 @@ import json
 from collections import deque
 from urllib.parse import parse_qsl
 
-from .types import Receive, Scope, Send
+from keyscope.core.types import Receive, Scope, Send
 
 PREFIX = b"/__echo/"
 CHUNK = 64 * 1024

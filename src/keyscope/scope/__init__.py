@@ -38,16 +38,15 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import NamedTuple
 
-
-from ..endpoints import Endpoint
-from ..errors import Refusal
-from ..limits import DEFAULT, Limits
-from ..models import ApiKey, PlatformEntry
-from .jsonbody import dump
-from .locations import locate
-from .multipart import media_type
-from .places import NO_BODY, OPAQUE, Body, Reading, Slot, decide, entry_of
-from .refusals import Uninspectable, refuse
+from keyscope.allowlist.table import Endpoint
+from keyscope.core.errors import Refusal
+from keyscope.core.limits import DEFAULT, Limits
+from keyscope.core.models import ApiKey, PlatformEntry
+from keyscope.scope.jsonbody import dump
+from keyscope.scope.locations import locate
+from keyscope.scope.multipart import media_type
+from keyscope.scope.places import NO_BODY, OPAQUE, Body, Reading, Slot, decide, entry_of
+from keyscope.scope.refusals import Uninspectable, refuse
 
 __all__ = ["Decision", "Place", "inspect", "needs_body"]
 

@@ -11,8 +11,8 @@ import re
 from typing import NamedTuple
 from urllib.parse import quote
 
-from .names import KINDS, classify
-from .refusals import refuse, special_name, too_many
+from keyscope.scope.names import KINDS, classify
+from keyscope.scope.refusals import refuse, special_name, too_many
 
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")

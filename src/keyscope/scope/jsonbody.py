@@ -18,9 +18,9 @@ import re
 import threading
 from typing import Any, NamedTuple
 
-from ..errors import Refusal
-from .names import KINDS, classify, fold
-from .refusals import refuse, special_name, too_many
+from keyscope.core.errors import Refusal
+from keyscope.scope.names import KINDS, classify, fold
+from keyscope.scope.refusals import refuse, special_name, too_many
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 

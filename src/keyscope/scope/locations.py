@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..endpoints import JsonStep
-from .names import fold
-from .refusals import refuse
+from keyscope.allowlist.table import JsonStep
+from keyscope.scope.names import fold
+from keyscope.scope.refusals import refuse
 
 _tuple = tuple.__new__
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from ..errors import Refusal
-from .names import KINDS, classify
-from .refusals import Uninspectable, refuse, too_many
+from keyscope.core.errors import Refusal
+from keyscope.scope.names import KINDS, classify
+from keyscope.scope.refusals import Uninspectable, refuse, too_many
 
 _TOKEN = rb"[A-Za-z0-9!#$&+\-.^_`|~*']+"
 _PARAM = re.compile(rb";[ \t]*(" + _TOKEN + rb")[ \t]*=[ \t]*(\"[^\"\\\r\n]*\"|" + _TOKEN + rb")[ \t]*")

@@ -10,22 +10,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from ..endpoints import IdLocation
-from ..errors import Refusal
-from ..limits import Limits
-from ..models import PlatformEntry
-from .form import Param, id_fields, pieces
-from .form import parse as parse_pairs
-from .form import rewrite as rewrite_pairs
-from .jsonbody import read as read_json
-from .multipart import Part
-from .multipart import fields as part_fields
-from .multipart import parse as parse_parts
-from .multipart import rewrite as rewrite_parts
-from .names import KINDS
-from .locations import Target, locate, materialise, resolve
-from .locations import where as where_text
-from .refusals import Uninspectable, refuse
+from keyscope.allowlist.table import IdLocation
+from keyscope.core.errors import Refusal
+from keyscope.core.limits import Limits
+from keyscope.core.models import PlatformEntry
+from keyscope.scope.form import Param, id_fields, pieces
+from keyscope.scope.form import parse as parse_pairs
+from keyscope.scope.form import rewrite as rewrite_pairs
+from keyscope.scope.jsonbody import read as read_json
+from keyscope.scope.locations import Target, locate, materialise, resolve
+from keyscope.scope.locations import where as where_text
+from keyscope.scope.multipart import Part
+from keyscope.scope.multipart import fields as part_fields
+from keyscope.scope.multipart import parse as parse_parts
+from keyscope.scope.multipart import rewrite as rewrite_parts
+from keyscope.scope.names import KINDS
+from keyscope.scope.refusals import Uninspectable, refuse
 
 
 class Body(NamedTuple):

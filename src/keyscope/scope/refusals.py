@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import Refusal
+from keyscope.core.errors import Refusal
 
 
 class Uninspectable(Exception):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Conflict, MissingReference, NotFound, Protected, Store, StoreError, StoreUnavailable
+from keyscope.store.base import Conflict, MissingReference, NotFound, Protected, Store, StoreError, StoreUnavailable
 
 __all__ = [
     "Conflict",
@@ -26,14 +26,14 @@ def store_from_url(url: str, *, create: bool = False) -> Store:
     A PostgreSQL database must exist already whatever `create` says (its tables are made on first open).
     """
     if url.startswith("sqlite:///"):
-        from .sqlite import SQLiteStore
+        from keyscope.store.sqlite import SQLiteStore
 
         path = url[len("sqlite:///"):]
         if not path:
             raise ValueError(f"store URL {url!r} names no file")
         return SQLiteStore(path, create=create)
     if url.startswith(("postgresql://", "postgres://")):
-        from .postgres import PostgresStore
+        from keyscope.store.postgres import PostgresStore
 
         return PostgresStore(url)
     raise ValueError(f"unsupported store URL {url!r}: use sqlite:///FILE or postgresql://USER@HOST:PORT/DB")

@@ -11,7 +11,7 @@ import abc
 from collections.abc import Iterable
 from datetime import datetime
 
-from ..models import (
+from keyscope.core.models import (
     ApiKey,
     Application,
     Association,

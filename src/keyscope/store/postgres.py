@@ -7,7 +7,7 @@ management writes are rare. The same lock makes concurrent start-ups migrate onc
 migrations, the others wait for its commit and then find nothing left to do.
 
 A write that changes what a key may do also sends `NOTIFY keyscope_changes, '<revision>'` in its transaction
-(delivered at commit only); `listen()` opens the dedicated connection that hears it (see `keyscope.watch`).
+(delivered at commit only); `listen()` opens the dedicated connection that hears it (see `keyscope.store.watch`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from .base import StoreError, StoreUnavailable
-from .sql import Args, ForeignKeyViolation, Row, SQLStore, Transaction, UniqueViolation
+from keyscope.store.base import StoreError, StoreUnavailable
+from keyscope.store.sql import Args, ForeignKeyViolation, Row, SQLStore, Transaction, UniqueViolation
 
 CHANNEL = "keyscope_changes"
 # pg_advisory_xact_lock key: the bytes of "keyscope" as a bigint. Advisory locks are per database.

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar
 
-from ..keys import new_entry_key
-from ..models import (
+from keyscope.core.keys import new_entry_key
+from keyscope.core.models import (
     DEFAULT_APPLICATION,
     UNSET,
     ApiKey,
@@ -31,8 +31,8 @@ from ..models import (
     PlatformEntry,
     PlatformLink,
 )
-from .base import Conflict, MissingReference, NotFound, Protected, Store, StoreUnavailable
-from .migrations import LATEST, MIGRATIONS, VERSION_TABLE
+from keyscope.store.base import Conflict, MissingReference, NotFound, Protected, Store, StoreUnavailable
+from keyscope.store.migrations import LATEST, MIGRATIONS, VERSION_TABLE
 
 T = TypeVar("T")
 Row = tuple[Any, ...]

@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from .base import StoreError, StoreUnavailable
-from .sql import Args, ForeignKeyViolation, Row, SQLStore, UniqueViolation
+from keyscope.store.base import StoreError, StoreUnavailable
+from keyscope.store.sql import Args, ForeignKeyViolation, Row, SQLStore, UniqueViolation
 
 T = TypeVar("T")
 

@@ -17,16 +17,16 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..auth import KeyAuthenticator
-from ..endpoints import Endpoint
-from ..limits import DEFAULT as DEFAULT_LIMITS
-from ..limits import Limits
-from ..store.base import Store
-from .explainer import ROUTES as EXPLAINER_ROUTES
-from .keys import ROUTES as KEY_ROUTES
-from .records import ROUTES as RECORD_ROUTES
-from .session import Sessions
-from .ui import HERE, Handler, Ui, guarded, home, signin, signin_page, signout
+from keyscope.allowlist.table import Endpoint
+from keyscope.core.limits import DEFAULT as DEFAULT_LIMITS
+from keyscope.core.limits import Limits
+from keyscope.decide.auth import KeyAuthenticator
+from keyscope.store.base import Store
+from keyscope.web.explainer import ROUTES as EXPLAINER_ROUTES
+from keyscope.web.keys import ROUTES as KEY_ROUTES
+from keyscope.web.records import ROUTES as RECORD_ROUTES
+from keyscope.web.session import Sessions
+from keyscope.web.ui import HERE, Handler, Ui, guarded, home, signin, signin_page, signout
 
 
 def create_web_app(

@@ -1,6 +1,6 @@
 """The Endpoints tab: the allowlist grouped by solution and channel, and the explain form.
 
-The form hands its request to `keyscope.explain`, which runs the gateway's own checks without forwarding;
+The form hands its request to `keyscope.gateway.explain`, which runs the gateway's own checks without forwarding;
 a pasted secret is used for that one explanation and never written back into the page.
 """
 
@@ -11,10 +11,10 @@ from itertools import groupby
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import explain
-from ..endpoints import METHODS
-from ..models import ApiKey
-from .ui import Handler, Ui
+from keyscope.allowlist.table import METHODS
+from keyscope.core.models import ApiKey
+from keyscope.gateway import explain
+from keyscope.web.ui import Handler, Ui
 
 KEY_CHOICES = 1000
 CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded", "multipart/form-data", "text/plain")

@@ -13,10 +13,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..models import ApiKey
-from ..store.base import NotFound
-from .ui import SECURITY_HEADERS, Answer, Handler, Ui, redirect
-from .records import page_number
+from keyscope.core.models import ApiKey
+from keyscope.store.base import NotFound
+from keyscope.web.records import page_number
+from keyscope.web.ui import SECURITY_HEADERS, Answer, Handler, Ui, redirect
 
 PAGE_SIZE = 50
 BLANK_ROWS = 2

@@ -14,9 +14,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..models import CHANNELS, RESOURCE_TYPES, ApiKey, Association, AssociationFilter, PlatformEntry
-from ..store.base import NotFound
-from .ui import Answer, Handler, Ui, redirect
+from keyscope.core.models import CHANNELS, RESOURCE_TYPES, ApiKey, Association, AssociationFilter, PlatformEntry
+from keyscope.store.base import NotFound
+from keyscope.web.ui import Answer, Handler, Ui, redirect
 
 PAGE_SIZE = 20
 PREVIEW_LIMIT = 1000

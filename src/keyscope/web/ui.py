@@ -17,13 +17,13 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from .. import admin
-from ..auth import KeyAuthenticator
-from ..endpoints import Endpoint
-from ..limits import DEFAULT as DEFAULT_LIMITS
-from ..limits import Limits
-from ..store.base import Store, StoreUnavailable
-from .session import Session, Sessions, SignInThrottle, csrf_ok, same_origin
+from keyscope.allowlist.table import Endpoint
+from keyscope.control import admin
+from keyscope.core.limits import DEFAULT as DEFAULT_LIMITS
+from keyscope.core.limits import Limits
+from keyscope.decide.auth import KeyAuthenticator
+from keyscope.store.base import Store, StoreUnavailable
+from keyscope.web.session import Session, Sessions, SignInThrottle, csrf_ok, same_origin
 
 HERE = Path(__file__).parent
 MAX_FORM = 2 * 1024 * 1024  # the explain form carries a request body of up to the gateway's default limit

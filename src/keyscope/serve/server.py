@@ -5,7 +5,7 @@ checked before uvicorn starts, and stops start-up with one line on stderr and ex
 half-working gateway. `--workers N` runs N uvicorn worker processes; they receive the validated settings
 through an environment variable and build their gateway with `worker_app()`.
 
-`python -m keyscope.server [serve] --upstream ...` runs the same command without the console script.
+`python -m keyscope.serve.server [serve] --upstream ...` runs the same command without the console script.
 """
 
 from __future__ import annotations
@@ -27,11 +27,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
 
-from . import accesslog, config, matcher
-from .config import ConfigError, Settings
-from .endpoints import EndpointsError
-from .endpoints import load as load_endpoints
-from .protocol import GatewayProtocol
+from keyscope.allowlist import matcher
+from keyscope.allowlist.table import EndpointsError
+from keyscope.allowlist.table import load as load_endpoints
+from keyscope.core import settings as config
+from keyscope.core.settings import ConfigError, Settings
+from keyscope.gateway.app import Gateway
+from keyscope.gateway.protocol import GatewayProtocol
+from keyscope.observe import accesslog
+from keyscope.serve import status
+from keyscope.serve.web import serve_with_web
+from keyscope.store import store_from_url
 
 DESCRIPTION = "Run the keyscope gateway in front of an upstream HTTP API."
 
@@ -125,7 +131,7 @@ def prepare(settings: Settings) -> None:
         raise ConfigError(f"endpoints: {_one_line(str(exc))}") from None
     asyncio.run(_check_store(settings.store))
     _check_listen(settings.host, settings.port)
-    if settings.admin_listen is not None and importlib.util.find_spec("keyscope.web.serve") is None:
+    if settings.admin_listen is not None and importlib.util.find_spec("keyscope.serve.web") is None:
         raise ConfigError("admin-listen: this installation has no web interface (keyscope.web)")
     _check_status_listen(settings)
 
@@ -155,8 +161,6 @@ def _check_listen(host: str, port: int) -> None:
 
 
 async def _check_store(url: str) -> None:
-    from .store import store_from_url
-
     shown = _redact(url)
     try:
         store = store_from_url(url)
@@ -188,20 +192,16 @@ def serve(settings: Settings) -> None:
     if settings.log_format == "json":
         options["log_config"] = uvicorn_log_config()
     if settings.status_listen is not None:
-        from . import status
-
-        # uvicorn calls it right after start-up, then every second, in each gateway process (keyscope.status)
+        # uvicorn calls it right after start-up, then every second, in each gateway process (keyscope.serve.status)
         options.update(callback_notify=status.watch, timeout_notify=status.NOTIFY_SECONDS)
         if settings.admin_listen is None:
             _serve_with_status(settings, options)
             return
     if settings.admin_listen is not None:
-        from .web.serve import serve_with_web
-
         serve_with_web(settings, options, build_app)
     elif settings.workers > 1:
         os.environ[config.WORKER_ENV] = settings.to_json()
-        uvicorn.run("keyscope.server:worker_app", factory=True, workers=settings.workers, **options)
+        uvicorn.run("keyscope.serve.server:worker_app", factory=True, workers=settings.workers, **options)
     else:
         uvicorn.run(build_app(settings), **options)
 
@@ -213,7 +213,7 @@ def _serve_with_status(settings: Settings, options: dict[str, Any]) -> None:
 
     if settings.workers > 1:
         os.environ[config.WORKER_ENV] = settings.to_json()
-        conf = uvicorn.Config("keyscope.server:worker_app", factory=True, workers=settings.workers, **options)
+        conf = uvicorn.Config("keyscope.serve.server:worker_app", factory=True, workers=settings.workers, **options)
         try:
             Multiprocess(conf, sockets=[conf.bind_socket()]).run()
         except KeyboardInterrupt:
@@ -229,8 +229,6 @@ def _serve_with_status(settings: Settings, options: dict[str, Any]) -> None:
 
 
 def build_app(settings: Settings) -> Any:
-    from .gateway import Gateway
-
     _configure_logging(settings)
     accesslog.set_format(settings.log_format)
     if settings.access_log:
@@ -239,8 +237,6 @@ def build_app(settings: Settings) -> Any:
         accesslog.disable()
     gateway = Gateway.from_settings(settings)
     if settings.status_listen is not None:
-        from . import status
-
         status.attach(gateway, settings)
     _stop_gathering_on_exit_signals()
     _tune_gc()
@@ -297,7 +293,7 @@ def uvicorn_log_config() -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "keyscope.accesslog.JsonFormatter"}},
+        "formatters": {"json": {"()": "keyscope.observe.accesslog.JsonFormatter"}},
         "handlers": {"default": handler},
         "loggers": {
             "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},

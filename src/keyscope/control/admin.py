@@ -3,7 +3,7 @@
 Paths, bodies and status codes are the platform's, so its clients work unchanged. Who may call: the admin
 token (`Authorization: Bearer ...`) everything; a primary API key the provisioning paths only (no API key may
 mint or widen keys); a linked key nothing. Errors use the legacy family on `/provisioning/*` and the api-error
-family on `/settings/*`, built by `keyscope.errors` so they match the gateway's byte for byte. Every request is
+family on `/settings/*`, built by `keyscope.core.errors` so they match the gateway's byte for byte. Every request is
 authenticated before anything else is looked at, and nothing is written unless the whole document is valid.
 
 `call()` runs the application in-process without a server: the CLI uses it, so the CLI and HTTP clients go
@@ -23,13 +23,13 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from . import schema
-from .auth import KeyAuthenticator, authorization_header, split_credentials
-from .errors import JSON_HEADERS, Family, Refusal, body, refusal_body
-from .keys import display_prefix, hash_secret, new_key_id, new_secret
-from .models import ApiKey, PlatformEntry
-from .store.base import Conflict, MissingReference, NotFound, Protected, Store, StoreUnavailable
-from .types import ASGIApp, Message, Receive, Scope, Send
+from keyscope.control import schema
+from keyscope.core.errors import JSON_HEADERS, Family, Refusal, body, refusal_body
+from keyscope.core.keys import display_prefix, hash_secret, new_key_id, new_secret
+from keyscope.core.models import ApiKey, PlatformEntry
+from keyscope.core.types import ASGIApp, Message, Receive, Scope, Send
+from keyscope.decide.auth import KeyAuthenticator, authorization_header, split_credentials
+from keyscope.store.base import Conflict, MissingReference, NotFound, Protected, Store, StoreUnavailable
 
 log = logging.getLogger("keyscope.admin")
 

@@ -37,7 +37,7 @@ import builtins
 import re
 from collections.abc import Callable, Iterable
 
-from keyscope.endpoints import Endpoint
+from keyscope.allowlist.table import Endpoint
 
 _PLAIN = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,=:@"
 _VALUE = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,=:@]|%[0-9A-Fa-f]{2})+")
@@ -344,7 +344,7 @@ def _generate(
     body.append("    return NOT_FOUND")
     functions.insert(0, body)
     source = "\n\n".join("\n".join(lines) for lines in functions) + "\n"
-    exec(builtins.compile(source, "<keyscope.matcher>", "exec"), namespace)  # noqa: S102 - our own source
+    exec(builtins.compile(source, "<keyscope.allowlist.matcher>", "exec"), namespace)  # noqa: S102 - our own source
     for table, entries in tables.items():
         namespace[table] = {segment: namespace[function] for segment, function in entries.items()}
     return source, namespace["match"]  # type: ignore[return-value]

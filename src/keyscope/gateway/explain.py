@@ -18,18 +18,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from . import matcher
-from . import scope as scoping
-from .auth import KeyAuthenticator
-from .checks import Admission, Checks, UsageRecorder, refusal_headers
-from .endpoints import Endpoint
-from .errors import Refusal, refusal_body
-from .gateway import is_management
-from .limits import DEFAULT as DEFAULT_LIMITS
-from .limits import Limits
-from .models import ApiKey, PlatformEntry
-from .store.base import NotFound, Store
-from .types import Message, Scope
+from keyscope import scope as scoping
+from keyscope.allowlist import matcher
+from keyscope.allowlist.table import Endpoint
+from keyscope.core.errors import Refusal, refusal_body
+from keyscope.core.limits import DEFAULT as DEFAULT_LIMITS
+from keyscope.core.limits import Limits
+from keyscope.core.models import ApiKey, PlatformEntry
+from keyscope.core.types import Message, Scope
+from keyscope.decide.auth import KeyAuthenticator
+from keyscope.decide.checks import Admission, Checks, UsageRecorder, refusal_headers
+from keyscope.gateway.app import is_management
+from keyscope.store.base import NotFound, Store
 
 CHOSEN_KEY_CREDENTIALS = b"App explain-chosen-key"
 """The Authorization header of a request explained for a key chosen by id: any secret maps to that key."""

@@ -18,7 +18,7 @@
   no ASGI messages and no response validation. Anything else (and every admitted request) takes the ASGI path.
 - Coalesced writes: the writes one answer makes in one step of the event loop leave in one send().
 
-The app may say `early`, `limits` (a `keyscope.limits.Limits`) and `header_timeout`; the gateway says all three.
+The app may say `early`, `limits` (a `keyscope.core.limits.Limits`) and `header_timeout`; the gateway says all three.
 Everything else (keep-alive, pipelining, flow control, shutdown) is uvicorn's.
 """
 
@@ -33,13 +33,14 @@ import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from . import accesslog, canonical, metrics
-from .checks import client_text, refusal_answer
-from .config import DEFAULT_HEADER_TIMEOUT
-from .errors import Refusal
-from .limits import DEFAULT as DEFAULT_LIMITS
-from .limits import Limits
-from .types import Scope
+from keyscope.core.errors import Refusal
+from keyscope.core.limits import DEFAULT as DEFAULT_LIMITS
+from keyscope.core.limits import Limits
+from keyscope.core.settings import DEFAULT_HEADER_TIMEOUT
+from keyscope.core.types import Scope
+from keyscope.decide.checks import client_text, refusal_answer
+from keyscope.http import canonical
+from keyscope.observe import accesslog, metrics
 
 Early = Callable[[Scope, bytes], "tuple[bytes, bool] | None"]
 """`early(scope, body)`: (a complete HTTP/1.1 answer to write instead of running the app, whether to close the

@@ -21,8 +21,8 @@ read a body by the last two), a `Connection` header naming anything but `close` 
 the headers it names: `Connection: content-type` would forward a body without the type it was inspected as),
 and a `Host` that is not `uri-host[:port]` (it goes upstream as X-Forwarded-Host).
 
-The head's size is bounded first (`keyscope.limits`): `check_head()` is the one verdict on it, which
-`keyscope.protocol` calls while the head arrives and `check()` calls on a whole head, in the same order (the
+The head's size is bounded first (`keyscope.core.limits`): `check_head()` is the one verdict on it, which
+`keyscope.gateway.protocol` calls while the head arrives and `check()` calls on a whole head, in the same order (the
 target, then header lines one by one), so both refuse the same requests with the same reason.
 
 Reason codes (`Refusal.reason`, all with step "canonical"; status 400 unless given):
@@ -62,9 +62,9 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from .errors import Refusal
-from .limits import DEFAULT as DEFAULT_LIMITS
-from .limits import Limits
+from keyscope.core.errors import Refusal
+from keyscope.core.limits import DEFAULT as DEFAULT_LIMITS
+from keyscope.core.limits import Limits
 
 # The whole accepted path grammar, so the common case is one fullmatch.
 _PCHAR = rb"[A-Za-z0-9\-._~!$&'()*+,=:@]"

@@ -73,7 +73,7 @@ def default_path() -> Path:
     packaged = importlib.resources.files("keyscope") / "endpoints.yaml"
     if isinstance(packaged, Path) and packaged.is_file():
         return packaged
-    in_repo = Path(__file__).resolve().parents[2] / "endpoints.yaml"
+    in_repo = Path(__file__).resolve().parents[3] / "endpoints.yaml"
     if in_repo.is_file():
         return in_repo
     raise EndpointsError(f"no endpoints.yaml found: looked for {packaged} and {in_repo}")

@@ -7,7 +7,7 @@
     7. refusals in the endpoint's error family      checks.refuse
     8. one access-log line                          accesslog.record
 
-Under `keyscope serve`, a request that arrives whole is first offered to `early()` (see `keyscope.protocol`):
+Under `keyscope serve`, a request that arrives whole is first offered to `early()` (see `keyscope.gateway.protocol`):
 steps 1-5 run there, without a coroutine, when they need no waiting, and a refusal leaves as bytes before any
 ASGI task exists. What `early()` admits still comes through `__call__`, which then only forwards it.
 
@@ -22,18 +22,19 @@ import logging
 import time
 from collections.abc import Sequence
 
-from . import accesslog, admin, metrics
-from .auth import KeyAuthenticator, authorization_header, split_credentials
-from .checks import Admission, Checks, ClientGone, refusal_answer
-from .config import DEFAULT_HEADER_TIMEOUT, Settings
-from .endpoints import Endpoint
-from .endpoints import load as load_endpoints
-from .errors import Refusal
-from .limits import DEFAULT as DEFAULT_LIMITS
-from .limits import Limits
-from .proxy import Upstream
-from .store import Store, store_from_url
-from .types import Message, Receive, Scope, Send
+from keyscope.allowlist.table import Endpoint
+from keyscope.allowlist.table import load as load_endpoints
+from keyscope.control import admin
+from keyscope.core.errors import Refusal
+from keyscope.core.limits import DEFAULT as DEFAULT_LIMITS
+from keyscope.core.limits import Limits
+from keyscope.core.settings import DEFAULT_HEADER_TIMEOUT, Settings
+from keyscope.core.types import Message, Receive, Scope, Send
+from keyscope.decide.auth import KeyAuthenticator, authorization_header, split_credentials
+from keyscope.decide.checks import Admission, Checks, ClientGone, refusal_answer
+from keyscope.gateway.upstream import Upstream
+from keyscope.observe import accesslog, metrics
+from keyscope.store import Store, store_from_url
 
 logger = logging.getLogger("keyscope.gateway")
 
@@ -78,11 +79,11 @@ class Gateway:
         self.store = store
         self.upstream = upstream
         self.limits = limits
-        """The bounds on every input; `keyscope.protocol` reads them (and `header_timeout`) from the app."""
+        """The bounds on every input; `keyscope.gateway.protocol` reads them (and `header_timeout`) from the app."""
         self.header_timeout = header_timeout
         self.draining = False
         self._admin_token = admin_token.encode() if admin_token else None
-        """From the first SIGTERM on under `--status-listen` (`keyscope.status`): not ready, traffic still served."""
+        """From the first SIGTERM on under `--status-listen` (`keyscope.serve.status`): not ready, traffic still served."""
         self.authenticator = KeyAuthenticator(
             store, ttl=key_cache_ttl, negative_ttl=key_cache_ttl, trusted_proxies=trusted_proxies
         )
@@ -186,7 +187,7 @@ class Gateway:
         return None if key is None else key.id
 
     def early(self, scope: Scope, body: bytes) -> tuple[bytes, bool] | None:
-        """Steps 1-5 for a request whose whole body is here, before any ASGI task (`keyscope.protocol`).
+        """Steps 1-5 for a request whose whole body is here, before any ASGI task (`keyscope.gateway.protocol`).
 
         A refusal: its complete HTTP/1.1 answer and whether the connection closes after it, logged here.
         None: the request goes to `__call__` as usual; if it was admitted here, it carries its Admission and

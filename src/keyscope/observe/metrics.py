@@ -1,6 +1,6 @@
 """keyscope's Prometheus metrics: the registry, the instruments, and the one call per request that records them.
 
-Served as Prometheus text by the status listener at `GET /metrics` (`keyscope.status`), never on the traffic
+Served as Prometheus text by the status listener at `GET /metrics` (`keyscope.serve.status`), never on the traffic
 port. Recorded in one place per request, where its access line is written (`Admission.log`, and
 `GatewayProtocol.refuse_head` for a head refused while it arrives), whether or not the access log is on. Not
 yet counted: the 408 `header_timeout` line of a head that never completed (`GatewayProtocol.head_timed_out`).
@@ -93,7 +93,7 @@ _on = False
 
 
 def enable() -> None:
-    """Record from now on: called where metrics are served (`keyscope.status`, with --status-listen). Until then
+    """Record from now on: called where metrics are served (`keyscope.serve.status`, with --status-listen). Until then
     nothing is recorded, so a gateway without a status listener pays nothing for them on its request path."""
     global _on
     _on = True

@@ -19,12 +19,12 @@ from typing import TypeVar
 
 import anyio
 
-from . import metrics
-from .canonical import HeaderMap
-from .errors import Refusal
-from .models import ApiKey
-from .store.base import Store
-from .types import Scope
+from keyscope.core.errors import Refusal
+from keyscope.core.models import ApiKey
+from keyscope.core.types import Scope
+from keyscope.http.canonical import HeaderMap
+from keyscope.observe import metrics
+from keyscope.store.base import Store
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -23,10 +23,10 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
-from ..config import WORKER_ENV, Settings, listen_address, listen_socket
-from ..endpoints import load as load_endpoints
-from ..store import store_from_url
-from .app import create_web_app
+from keyscope.allowlist.table import load as load_endpoints
+from keyscope.core.settings import WORKER_ENV, Settings, listen_address, listen_socket
+from keyscope.store import store_from_url
+from keyscope.web.app import create_web_app
 
 log = logging.getLogger("uvicorn.error")  # configured by uvicorn.Config, so the line looks like uvicorn's own
 
@@ -112,7 +112,7 @@ def _beside_workers(settings: Settings, gateway_options: dict[str, Any], sock: s
     thread = threading.Thread(target=web.run, kwargs={"sockets": [sock]}, name="keyscope-web", daemon=True)
     thread.start()
     try:
-        uvicorn.run("keyscope.server:worker_app", factory=True, workers=settings.workers, **gateway_options)
+        uvicorn.run("keyscope.serve.server:worker_app", factory=True, workers=settings.workers, **gateway_options)
     finally:
         web.should_exit = True
         thread.join(timeout=15)

@@ -1,6 +1,6 @@
 """`KeyScopeMiddleware`: keyscope's checks in front of any ASGI app, in the same process.
 
-It runs the gateway's steps 1-5 with the gateway's own code (`keyscope.checks`), answers refusals itself in
+It runs the gateway's steps 1-5 with the gateway's own code (`keyscope.decide.checks`), answers refusals itself in
 the endpoint's error family (step 7), logs one access line (step 8), and otherwise calls the wrapped app with
 the request as admitted: the query and body after FILL/FORCE (the body replayed through a new `receive`), and
 `scope["state"]["keyscope"]`, a `checks.Principal` (key id, name, whether primary, matched entry, endpoint).
@@ -11,7 +11,7 @@ Starlette and FastAPI read it as `request.state.keyscope`.
 
 A store given as a URL is opened at lifespan start-up (or on the first request) and closed at shutdown; a
 `Store` object is used as given (open it before the first request). Either way the middleware hears of
-changes other processes make to keys (`keyscope.watch`) from the first request on. WebSocket connections are
+changes other processes make to keys (`keyscope.store.watch`) from the first request on. WebSocket connections are
 closed: they would bypass every check.
 
 What is checked is what the app gets. Step 1 bounds the head (`limits`, the same 414/431 as `keyscope serve`)
@@ -29,16 +29,16 @@ import os
 import time
 from collections.abc import Sequence
 
-from . import accesslog
-from .auth import KeyAuthenticator
-from .checks import Admission, Checks, ClientGone
-from .endpoints import Endpoint
-from .endpoints import load as load_endpoints
-from .errors import Refusal
-from .limits import DEFAULT as DEFAULT_LIMITS
-from .limits import Limits
-from .store import Store, store_from_url
-from .types import ASGIApp, Message, Receive, Scope, Send
+from keyscope.allowlist.table import Endpoint
+from keyscope.allowlist.table import load as load_endpoints
+from keyscope.core.errors import Refusal
+from keyscope.core.limits import DEFAULT as DEFAULT_LIMITS
+from keyscope.core.limits import Limits
+from keyscope.core.types import ASGIApp, Message, Receive, Scope, Send
+from keyscope.decide.auth import KeyAuthenticator
+from keyscope.decide.checks import Admission, Checks, ClientGone
+from keyscope.observe import accesslog
+from keyscope.store import Store, store_from_url
 
 _perf_counter = time.perf_counter
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from .models import (
+from keyscope.core.models import (
     CHANNELS,
     RESOURCE_TYPES,
     UNSET,

@@ -6,7 +6,7 @@ an id past that limit is silently not seen. keyscope's limits sit far below ever
 crossing one is a refusal, never a cut: what keyscope read is then all that any backend can read.
 
 The header and target bounds also bound the memory one connection can hold before it is authenticated
-(`keyscope.protocol` counts while the head arrives).
+(`keyscope.gateway.protocol` counts while the head arrives).
 """
 
 from __future__ import annotations

@@ -27,9 +27,9 @@ from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EofStream
 
-from . import errors
-from .accesslog import CLIENT_GONE
-from .types import Receive, Scope, Send
+from keyscope.core import errors
+from keyscope.core.types import Receive, Scope, Send
+from keyscope.observe.accesslog import CLIENT_GONE
 
 logger = logging.getLogger("keyscope.proxy")
 

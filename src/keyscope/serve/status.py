@@ -4,7 +4,7 @@
     GET /readyz    200 when the store answers (a cheap query, 1 s at most), the allowlist is loaded and the
                    gateway is not draining; else 503 naming what is not: {"ready": false, "store": "unavailable",
                    "allowlist": "loaded", "draining": true}
-    GET /metrics   200, Prometheus text format: this process's metrics (`keyscope.metrics`)
+    GET /metrics   200, Prometheus text format: this process's metrics (`keyscope.observe.metrics`)
 
 No authentication (it tells nothing but the above), never on the traffic port, anything else 404, methods other
 than GET and HEAD 405. A pure ASGI app, served by a uvicorn server of its own inside each gateway process,
@@ -15,7 +15,7 @@ The drain, as Kong's: the first SIGTERM fails readiness at once while the gatewa
 finishes what is in flight, closes the store). A second SIGTERM or SIGINT during the drain starts that
 shutdown at once; SIGINT alone (Ctrl-C) does not wait either, it only fails readiness on its way out.
 
-How it is wired (`keyscope.server`): `watch()` is uvicorn's `callback_notify`, which its main loop calls right
+How it is wired (`keyscope.serve.server`): `watch()` is uvicorn's `callback_notify`, which its main loop calls right
 after start-up and then every second, in every gateway process (one, or each of `--workers N`). The first call
 opens the listener (`--workers N`: each worker binds it with SO_REUSEPORT, so the kernel spreads the probes);
 each call checks that SIGTERM and SIGINT still go through the drain, and wraps whatever handler is installed
@@ -34,9 +34,9 @@ from typing import Any
 
 import uvicorn
 
-from . import metrics
-from .config import Settings, listen_address, listen_socket
-from .types import Receive, Scope, Send
+from keyscope.core.settings import Settings, listen_address, listen_socket
+from keyscope.core.types import Receive, Scope, Send
+from keyscope.observe import metrics
 
 log = logging.getLogger("uvicorn.error")  # configured by uvicorn.Config, so the lines look like uvicorn's own
 
@@ -198,7 +198,7 @@ _current: Status | None = None
 
 
 def attach(gateway: Any, settings: Settings) -> None:
-    """Called by `keyscope.server` where the gateway is built, in the process that will serve it."""
+    """Called by `keyscope.serve.server` where the gateway is built, in the process that will serve it."""
     global _current
     gateway.draining = False
     _current = Status(gateway, settings)

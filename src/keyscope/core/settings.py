@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .limits import DEFAULT as DEFAULT_LIMITS
-from .limits import Limits
+from keyscope.core.limits import DEFAULT as DEFAULT_LIMITS
+from keyscope.core.limits import Limits
 
 DEFAULT_STORE = "sqlite:///keyscope.db"
 DEFAULT_HEADER_TIMEOUT = 30.0

@@ -1,6 +1,6 @@
 """The `keyscope --url URL --token T` transport: the management API of a running gateway, over HTTP.
 
-The CLI builds the same requests and prints the same results either way (keyscope.cli); only this function
+The CLI builds the same requests and prints the same results either way (keyscope.cli.main); only this function
 differs from the in-process transport. It uses the standard library, so managing keys needs no web client.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from . import __version__
+from keyscope import __version__
 
 TIMEOUT = 30.0
 """Seconds to wait for the gateway to connect, and then for each read."""

@@ -1,7 +1,7 @@
 """The `keyscope` console script: the management API, driven in-process or over HTTP.
 
 Each command is a request to the admin ASGI app, called directly (no server, no network) with a one-time admin
-token, or, with `--url` and `--token`, sent to a running gateway (keyscope.cli_remote): the transport is the
+token, or, with `--url` and `--token`, sent to a running gateway (keyscope.cli.remote): the transport is the
 only difference. The API is the one implementation of every rule and of the JSON shapes, so `--json` prints
 exactly what the HTTP API answers for the same operation; this module only turns arguments into requests and
 answers into text for people.
@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from . import __version__, admin
-from .auth import KeyAuthenticator
-from .store import Store, StoreError, store_from_url
-from .store.sqlite import StoreMissing
-from .types import ASGIApp
+from keyscope import __version__
+from keyscope.control import admin
+from keyscope.core.types import ASGIApp
+from keyscope.decide.auth import KeyAuthenticator
+from keyscope.store import Store, StoreError, store_from_url
+from keyscope.store.sqlite import StoreMissing
 
 DEFAULT_STORE = "sqlite:///keyscope.db"
 SECRET_FIELD = "apiKeySecret"
@@ -765,9 +766,9 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
 def run_explain(args: argparse.Namespace) -> int:
     """`keyscope explain`: 0 when the gateway would let the request through, 1 when it would refuse it."""
-    from . import explain
-    from .endpoints import EndpointsError
-    from .endpoints import load as load_endpoints
+    from keyscope.allowlist.table import EndpointsError
+    from keyscope.allowlist.table import load as load_endpoints
+    from keyscope.gateway import explain
 
     if args.key == "-" and args.body == "-":
         args.parser.print_usage(sys.stderr)
@@ -818,11 +819,11 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def add_serve(groups: argparse._SubParsersAction, argv: Sequence[str]) -> None:
-    """`serve` comes from keyscope.server, imported only when asked for: managing keys needs no web server."""
-    if importlib.util.find_spec("keyscope.server") is None:
+    """`serve` comes from keyscope.serve.server, imported only when asked for: managing keys needs no web server."""
+    if importlib.util.find_spec("keyscope.serve.server") is None:
         return
     if "serve" in argv:
-        from .server import add_parser
+        from keyscope.serve.server import add_parser
 
         add_parser(groups)
     else:
@@ -894,7 +895,7 @@ def run_init(args: argparse.Namespace) -> int:
 
 async def run(args: argparse.Namespace) -> None:
     if args.remote is not None:
-        from .cli_remote import remote
+        from keyscope.cli.remote import remote
 
         url, token = args.remote
         await args.command(Api(remote(url, token, redact(url))), args)
@@ -931,7 +932,7 @@ def remote_target(args: argparse.Namespace) -> tuple[str, str] | None:
         raise UsageError("--url and --store cannot be used together: the gateway at --url uses its own store")
     if getattr(args, "create", False):
         raise UsageError("--create does not apply with --url: the gateway's store exists already")
-    from .cli_remote import check_url
+    from keyscope.cli.remote import check_url
 
     problem = check_url(url)
     if problem is not None:
@@ -968,7 +969,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "store", None) is None:
             args.store = args.global_store
         return int(args.run(args))
-    from .cli_remote import RemoteProblem
+    from keyscope.cli.remote import RemoteProblem
 
     try:
         asyncio.run(run(args))

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from .store.base import Store, StoreError
+from keyscope.store.base import Store, StoreError
 
 log = logging.getLogger("keyscope.watch")
 

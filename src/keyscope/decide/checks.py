@@ -16,18 +16,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 
-from . import accesslog, canonical, matcher, metrics
-from . import scope as scoping
-from .auth import KeyAuthenticator
-from .canonical import HeaderMap
-from .endpoints import Endpoint
-from .errors import JSON_HEADERS, Family, Refusal, refusal_body
-from .limits import DEFAULT as DEFAULT_LIMITS
-from .limits import Limits
-from .models import ApiKey, PlatformEntry
-from .store.base import Store, StoreUnavailable
-from .types import Receive, Scope, Send
-from .watch import ChangeWatcher
+from keyscope import scope as scoping
+from keyscope.allowlist import matcher
+from keyscope.allowlist.table import Endpoint
+from keyscope.core.errors import JSON_HEADERS, Family, Refusal, refusal_body
+from keyscope.core.limits import DEFAULT as DEFAULT_LIMITS
+from keyscope.core.limits import Limits
+from keyscope.core.models import ApiKey, PlatformEntry
+from keyscope.core.types import Receive, Scope, Send
+from keyscope.decide.auth import KeyAuthenticator
+from keyscope.http import canonical
+from keyscope.http.canonical import HeaderMap
+from keyscope.observe import accesslog, metrics
+from keyscope.store.base import Store, StoreUnavailable
+from keyscope.store.watch import ChangeWatcher
 
 logger = logging.getLogger("keyscope.gateway")
 

@@ -1,0 +1,3 @@
+from keyscope.cli.main import main
+
+raise SystemExit(main())

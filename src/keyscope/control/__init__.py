@@ -1,0 +1,1 @@
+"""The management API: the platform's application, entity, association and key endpoints."""

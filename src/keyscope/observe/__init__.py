@@ -1,0 +1,1 @@
+"""What operators watch: the access log and the Prometheus metrics."""
