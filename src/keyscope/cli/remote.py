@@ -1,6 +1,6 @@
 """The `keyscope --url URL --token T` transport: the management API of a running gateway, over HTTP.
 
-The CLI builds the same requests and prints the same results either way (keyscope.cli.main); only this function
+The CLI builds the same requests and prints the same results either way (keyscope.cli.api); only this function
 differs from the in-process transport. It uses the standard library, so managing keys needs no web client.
 """
 

@@ -3,6 +3,7 @@
 `legacy` is the `requestError.serviceException` body of the older APIs and of provisioning; `api-error` is the
 `errorCode`/`description`/`action`/`violations`/`resources` body of the newer ones. Each endpoint declares its
 family so that a client's own SDK can read keyscope's refusals. Bodies without a field are encoded once.
+`describe` reads such a body back into words: the one reader of the CLI and of the web interface.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 Family = Literal["legacy", "api-error"]
 
 DOCS = "https://www.infobip.com/docs/essentials/api-essentials"
 
-# status -> (legacy messageId, legacy text, api-error description, api-error action, resource name, url)
+# status -> (legacy messageId, legacy text, api-error description, api-error action); an unlisted status
+# takes 500's texts when it is 5xx and 400's otherwise. The api-error `resources` are in _RESOURCES.
 _TEXTS: dict[int, tuple[str, str, str, str]] = {
     400: ("BAD_REQUEST", "Bad request", "The request is malformed.", "Fix the request syntax and try again."),
     401: (
@@ -124,3 +126,54 @@ def refusal_body(refusal: Refusal, family: Family) -> bytes:
 
 
 JSON_HEADERS = [(b"content-type", b"application/json;charset=UTF-8")]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorText:
+    """What an error body says, read from either family.
+
+    `headline` is the body's own (legacy `text`, else `messageId`; api-error `description`, else `errorCode`; a
+    body that is not JSON, or is a JSON string, is its own headline), None when it says nothing usable. `fields`
+    holds, in the body's order, each field it names with its messages: one entry per legacy `validationErrors`
+    key with all its messages, one per api-error violation (`property` and `violation`).
+    """
+
+    status: int
+    headline: str | None
+    fields: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+def describe(status: int, raw: bytes) -> ErrorText:
+    """The words of the error body `raw` answered with `status`; never raises, whatever the body holds."""
+    doc: Any = None
+    if raw:
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            doc = raw.decode("utf-8", "replace")
+    if isinstance(doc, str):
+        return ErrorText(status, doc.strip() or None)
+    if not isinstance(doc, dict):
+        return ErrorText(status, None)
+    request_error = doc.get("requestError")
+    exception = request_error.get("serviceException") if isinstance(request_error, dict) else None
+    if isinstance(exception, dict):
+        errors = exception.get("validationErrors")
+        fields = tuple(
+            (str(name), tuple(str(m) for m in messages) if isinstance(messages, list) else (str(messages),))
+            for name, messages in (errors.items() if isinstance(errors, dict) else ())
+        )
+        return ErrorText(status, _said(exception.get("text") or exception.get("messageId")), fields)
+    if "errorCode" in doc:
+        violations = doc.get("violations")
+        fields = tuple(
+            (str(violation.get("property")), (str(violation.get("violation")),))
+            for violation in (violations if isinstance(violations, list) else ())
+            if isinstance(violation, dict)
+        )
+        return ErrorText(status, _said(doc.get("description") or doc["errorCode"]), fields)
+    return ErrorText(status, None)
+
+
+def _said(value: object) -> str | None:
+    return str(value) if value else None

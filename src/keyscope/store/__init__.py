@@ -1,4 +1,4 @@
-"""Stores: `open_store(url)` picks the implementation from the URL's scheme."""
+"""Stores: `store_from_url(url)` picks the implementation from the URL's scheme (the store is not opened there)."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from keyscope.allowlist.table import Endpoint
 from keyscope.control import admin
+from keyscope.core.errors import describe
 from keyscope.core.limits import DEFAULT as DEFAULT_LIMITS
 from keyscope.core.limits import Limits
 from keyscope.decide.auth import KeyAuthenticator
@@ -67,23 +68,6 @@ class Answer:
         return None
 
 
-def read_problems(status: int, doc: Any) -> tuple[str, dict[str, str]]:
-    """The headline and per-field messages of an error body in either family."""
-    problems: dict[str, str] = {}
-    headline = f"HTTP {status}"
-    if isinstance(doc, dict):
-        exception = (doc.get("requestError") or {}).get("serviceException")
-        if isinstance(exception, dict):
-            headline = str(exception.get("text") or exception.get("messageId") or headline)
-            for name, messages in (exception.get("validationErrors") or {}).items():
-                problems[name] = "; ".join(messages) if isinstance(messages, list) else str(messages)
-        elif "errorCode" in doc:
-            headline = str(doc.get("description") or doc["errorCode"])
-            for violation in doc.get("violations") or []:
-                problems[str(violation.get("property"))] = str(violation.get("violation"))
-    return headline, problems
-
-
 class Ui:
     """What every page handler needs: the store, the in-process management API, sessions and templates."""
 
@@ -125,8 +109,9 @@ class Ui:
         doc = json.loads(raw) if raw else None
         if 200 <= status < 300:
             return Answer(status, doc)
-        headline, problems = read_problems(status, doc)
-        return Answer(status, doc, headline, problems)
+        said = describe(status, raw)
+        problems = {name: "; ".join(messages) for name, messages in said.fields}
+        return Answer(status, doc, said.headline or f"HTTP {status}", problems)
 
     def render(self, request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         session: Session | None = getattr(request.state, "session", None)
