@@ -1,8 +1,10 @@
-"""The allowlist: which (method, path template) a linked key may call, and where each request carries its ids.
+"""`endpoints.yaml`: read, parse and validate the allowlist, or say everything that is wrong with it.
 
-Loaded from `endpoints.yaml` and validated whole before anything starts: a broken file never yields a
-running gateway. Every problem found is reported, one line each, naming the entry (its number, counted from
-1, its method and path, and its line in the file when loaded from one).
+Validated whole before anything starts: a broken file never yields a running gateway. Every problem found is
+reported, one line each, naming the entry (its number, counted from 1, its method and path, and its line in
+the file when loaded from one). The records are `keyscope.allowlist.model`'s, importable from here too; a
+path is checked by `keyscope.allowlist.template`, the same grammar the matcher compiles, so a file that loads
+is a file the gateway can serve.
 """
 
 from __future__ import annotations
@@ -10,16 +12,19 @@ from __future__ import annotations
 import importlib.resources
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
-ErrorFamily = Literal["legacy", "api-error"]
+from keyscope.allowlist import template
+from keyscope.allowlist.model import ERROR_FAMILIES, METHODS, Endpoint, ErrorFamily, IdLocation, JsonStep
 
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-ERROR_FAMILIES = ("legacy", "api-error")
+__all__ = [
+    "ERROR_FAMILIES", "FIELDS", "METHODS", "REQUIRED_FIELDS", "Endpoint", "EndpointsError", "ErrorFamily",
+    "IdLocation", "JsonStep", "default_path", "load", "parse",
+]
+
 REQUIRED_FIELDS = ("function", "method", "path", "group", "ids", "errors")
 FIELDS = (*REQUIRED_FIELDS, "deprecated")
 
@@ -30,42 +35,6 @@ class EndpointsError(ValueError):
     def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.problems = problems or (message,)
-
-
-@dataclass(frozen=True, slots=True)
-class JsonStep:
-    """One step of a JSON location: `messages[]` is JsonStep("messages", each=True)."""
-
-    name: str
-    each: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class IdLocation:
-    """Where a request to an endpoint declares applicationId/entityId.
-
-    kind is "query" (query parameters), "form" (form or multipart fields) or "json"; for json, `path` is
-    the object holding the ids, () meaning the document's top level (`$`).
-    """
-
-    kind: Literal["query", "json", "form"]
-    path: tuple[JsonStep, ...] = ()
-    text: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    method: str
-    path: str
-    function: str
-    group: str
-    ids: tuple[IdLocation, ...]
-    errors: ErrorFamily
-    deprecated: bool = False
-
-    @property
-    def carries_ids(self) -> bool:
-        return bool(self.ids)
 
 
 def default_path() -> Path:
@@ -158,7 +127,7 @@ def _validate(
         entry_problems = list(key_problems.get(index, []))
         endpoint = _entry(raw, entry_problems)
         if endpoint is not None:
-            route = (endpoint.method, _PARAM.sub("{}", endpoint.path))
+            route = (endpoint.method, template.shape(endpoint.path))
             if route in routes:
                 first, first_path = routes[route]
                 same = "the same" if first_path == endpoint.path else f"the same route as {first_path!r},"
@@ -191,14 +160,16 @@ def _top_level(document: Any, source: str, problems: list[str]) -> list[Any]:
 
 
 def _describe(raw: Any) -> str:
+    """The entry's method and path for its label, escaped if they would break the line."""
     if not isinstance(raw, dict):
         return ""
     method, path = raw.get("method"), raw.get("path")
-    if isinstance(method, str) and isinstance(path, str):
-        return f" ({method} {path})"
-    if isinstance(path, str):
-        return f" ({path})"
-    return ""
+    if not isinstance(path, str):
+        return ""
+    path = path if path.isprintable() else repr(path)
+    if isinstance(method, str):
+        return f" ({method if method.isprintable() else repr(method)} {path})"
+    return f" ({path})"
 
 
 def _entry(raw: Any, problems: list[str]) -> Endpoint | None:
@@ -218,7 +189,7 @@ def _entry(raw: Any, problems: list[str]) -> Endpoint | None:
     path = raw.get("path")
     if "path" in raw:
         if isinstance(path, str):
-            problems += _template_problems(path)
+            problems += template.problems(path)
         else:
             problems.append(f"path must be a string, got {_kind(path)}")
     ids = _ids(raw["ids"], problems) if "ids" in raw else ()
@@ -231,71 +202,6 @@ def _entry(raw: Any, problems: list[str]) -> Endpoint | None:
     if problems[start:] or any(name not in raw for name in REQUIRED_FIELDS):
         return None
     return Endpoint(method, path, raw["function"], raw["group"], ids, errors, deprecated)
-
-
-# A template parameter: `{name}`, the whole segment.
-_PARAM = re.compile(r"\{([^{}/]*)\}")
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_PCHAR = _UNRESERVED | frozenset("!$&'()*+,;=:@")
-_HEX = frozenset("0123456789ABCDEF")
-
-
-def _template_problems(path: str) -> list[str]:
-    if not path.startswith("/"):
-        return [f"path {path!r} must start with '/'"]
-    depth = 0
-    for char in path:
-        depth += {"{": 1, "}": -1}.get(char, 0)
-        if depth > 1:
-            return [f"path {path!r} has nested braces"]
-        if depth and char == "/":
-            return [f"path {path!r}: a parameter must be a whole segment ('/' inside braces)"]
-        if depth < 0:
-            return [f"path {path!r} has unbalanced braces"]
-    if depth:
-        return [f"path {path!r} has unbalanced braces"]
-    problems: list[str] = []
-    names: set[str] = set()
-    for segment in path[1:].split("/"):
-        if not segment:
-            problems.append(f"path {path!r} has an empty segment ('//' or a trailing '/')")
-        elif "{" in segment or "}" in segment:
-            match = _PARAM.fullmatch(segment)
-            name = match.group(1) if match else ""
-            if not match:
-                problems.append(f"path {path!r}: parameter in {segment!r} must be a whole segment")
-            elif not _IDENTIFIER.fullmatch(name):
-                problems.append(f"path {path!r}: parameter name {name!r} is not an identifier")
-            elif name in names:
-                problems.append(f"path {path!r}: duplicate parameter name {name!r}")
-            names.add(name)
-        elif segment in (".", ".."):
-            problems.append(f"path {path!r} has a {segment!r} segment")
-        else:
-            problem = _static_problem(segment)
-            if problem:
-                problems.append(f"path {path!r}: {problem}")
-    return problems
-
-
-def _static_problem(segment: str) -> str | None:
-    """RFC 3986 pchar only; percent-encodings upper-case and never of an unreserved character (not canonical)."""
-    index = 0
-    while index < len(segment):
-        char = segment[index]
-        if char == "%":
-            digits = segment[index + 1 : index + 3]
-            if len(digits) != 2 or not set(digits) <= _HEX:
-                return f"malformed percent-encoding in {segment!r} (write %XX with upper-case hex digits)"
-            if chr(int(digits, 16)) in _UNRESERVED:
-                return f"{'%' + digits!r} in {segment!r} encodes {chr(int(digits, 16))!r}: write it unencoded"
-            index += 3
-            continue
-        if char not in _PCHAR:
-            return f"character {char!r} in {segment!r} is not allowed in a path segment (RFC 3986 pchar)"
-        index += 1
-    return None
 
 
 _STEP = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)(\[\])?")
