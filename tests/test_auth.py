@@ -116,9 +116,9 @@ async def test_malformed_headers(store: CountingStore, headers: tuple[tuple[str,
     with pytest.raises(Refusal) as caught:
         await auth.authenticate(request, found)
     assert caught.value.reason == reason
-    if reason != "unknown_key":  # refused before any lookup, so by cached() too
+    if reason != "unknown_key":  # refused before any lookup: by reading the header
         with pytest.raises(Refusal) as caught:
-            auth.cached(request, found)
+            auth.secret_hash(request, found)
         assert caught.value.reason == reason
 
 
@@ -153,26 +153,31 @@ def test_app_secret_accepts_exactly_the_reference(value: bytes) -> None:
         assert got == expected
 
 
+def _cached(auth: KeyAuthenticator, request: dict, found: dict | None = None) -> ApiKey | None:
+    record = auth.cached(auth.secret_hash(request, found))
+    return None if record is None else record.key
+
+
 async def test_cached_answers_only_from_the_caches(store: CountingStore) -> None:
     key, secret = await add_key(store)
     auth = KeyAuthenticator(store, negative_ttl=60)
     request = with_key(secret)
     found = canonical.header_map(request["headers"])
-    assert auth.cached(request, found) is None  # not looked up yet: the caller awaits authenticate()
+    assert _cached(auth, request, found) is None  # not looked up yet: the caller awaits load()
     assert store.lookups == 0
     assert (await auth.authenticate(request, found)).id == key.id
-    hit = auth.cached(request, found)
+    hit = _cached(auth, request, found)
     assert hit is not None and hit.id == key.id
-    assert auth.cached(request) is hit  # the same record, with or without the header map
+    assert _cached(auth, request) is hit  # the same record, with or without the header map
     unknown = with_key(new_secret())
-    assert auth.cached(unknown) is None
+    assert _cached(auth, unknown) is None
     assert await refused(auth, unknown) == "unknown_key"
     with pytest.raises(Refusal) as caught:
-        auth.cached(unknown)  # now known to be unknown
+        _cached(auth, unknown)  # now known to be unknown
     assert caught.value.reason == "unknown_key"
     assert store.lookups == 2
     auth.invalidate()
-    assert auth.cached(request, found) is None and auth.cached(unknown) is None
+    assert _cached(auth, request, found) is None and _cached(auth, unknown) is None
 
 
 async def test_non_ascii_credentials_are_malformed(store: CountingStore) -> None:
@@ -306,6 +311,25 @@ async def test_zero_ttl_reads_the_store_every_time(store: CountingStore) -> None
     for _ in range(3):
         await auth.authenticate(with_key(secret))
     assert store.lookups == 3
+
+
+async def test_cached_records_and_unknown_secrets_expire_by_the_clock(store: CountingStore) -> None:
+    """A key disabled in another process is refused once the TTL has passed, with no invalidation heard."""
+    key, secret = await add_key(store)
+    now = [100.0]
+    auth = KeyAuthenticator(store, ttl=5, negative_ttl=5, clock=lambda: now[0])
+    unknown = with_key(new_secret())
+    assert (await auth.authenticate(with_key(secret))).id == key.id
+    assert await refused(auth, unknown) == "unknown_key"
+    await store.update_key(key.id, KeyUpdate(enabled=False))
+    now[0] += 4.9
+    assert (await auth.authenticate(with_key(secret))).id == key.id  # still cached
+    assert await refused(auth, unknown) == "unknown_key"
+    assert store.lookups == 2
+    now[0] += 0.2
+    assert await refused(auth, with_key(secret)) == "key_disabled"  # read again: disabled now
+    assert await refused(auth, unknown) == "unknown_key"
+    assert store.lookups == 4
 
 
 async def test_concurrent_misses_share_one_lookup(store: CountingStore) -> None:

@@ -1,9 +1,8 @@
-"""The request path's shared pieces, where they have a fast path: each agrees with the plain version of itself."""
+"""The request path's shared pieces: the body reader, the id-existence cache, principals, refusal encoding."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,31 +13,12 @@ from hypothesis import strategies as st
 from keyscope.allowlist.table import Endpoint
 from keyscope.core.errors import Refusal
 from keyscope.core.models import ApiKey, PlatformEntry
-from keyscope.decide import checks
-from keyscope.decide.checks import Admission, ClientGone, KnownIds, Principal, read_body
+from keyscope.decide import answers
+from keyscope.decide.admission import Admission, Principal
+from keyscope.decide.body import ClientGone, read_body
+from keyscope.decide.known_ids import KnownIds
 
 pytestmark = pytest.mark.anyio
-
-
-async def _reference_read_body(receive: Any, declared: int | None, limit: int) -> bytes:
-    """read_body() as it was before its one-message fast path: every message through the loop."""
-    if declared is not None and declared > limit:
-        raise Refusal(413, "body_too_large", "body")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise Refusal(413, "body_too_large", "body")
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 _MESSAGES = st.lists(
@@ -57,59 +37,82 @@ _MESSAGES = st.lists(
 ).map(lambda messages: [*messages, {"type": "http.disconnect"}])  # what a server answers once the body is read
 
 
-async def _outcome(read: Any, messages: list[dict[str, Any]], declared: int | None, limit: int) -> object:
+def _expected(messages: list[dict[str, Any]], limit: int) -> tuple[object, int]:
+    """What reading must give, and how many messages it may receive: the bodies up to the first message without
+    more_body, 413 as soon as they pass the limit, "gone" at a disconnect before the end."""
+    body = b""
+    for count, message in enumerate(messages, 1):
+        if message["type"] == "http.disconnect":
+            return "gone", count
+        body += message.get("body", b"")
+        if len(body) > limit:
+            return 413, count
+        if not message.get("more_body", False):
+            return body, count
+    raise AssertionError("the messages always end in a disconnect")
+
+
+@settings(max_examples=300, deadline=None)
+@given(_MESSAGES, st.integers(0, 12))
+def test_read_body_reads_to_the_end_and_never_past_the_limit(messages: list[dict[str, Any]], limit: int) -> None:
     pending = iter(messages)
+    read: list[int] = []
 
     async def receive() -> dict[str, Any]:
+        read.append(1)
         return next(pending)
 
-    try:
-        return await read(receive, declared, limit)
-    except Refusal as refusal:
-        return refusal.status
-    except ClientGone:
-        return "gone"
+    async def outcome() -> object:
+        try:
+            return await read_body(receive, limit)
+        except Refusal as refusal:
+            return refusal.status
+        except ClientGone:
+            return "gone"
+
+    assert (asyncio.run(outcome()), len(read)) == _expected(messages, limit)  # and nothing received after the end
 
 
-@settings(max_examples=500, deadline=None)
-@given(_MESSAGES, st.one_of(st.none(), st.integers(0, 12)), st.integers(0, 12))
-def test_read_body_agrees_with_the_plain_loop(messages: list[dict[str, Any]], declared: int | None, limit: int) -> None:
-    fast = asyncio.run(_outcome(read_body, messages, declared, limit))
-    plain = asyncio.run(_outcome(_reference_read_body, messages, declared, limit))
-    assert fast == plain
-
-
-class _NoStore:
-    """KnownIds' store for ids it must not ask about."""
+class _CountingStore:
+    """KnownIds' store: answers which ids are missing and counts the questions."""
 
     def __init__(self, missing: set[str] | None = None) -> None:
         self.asked: list[tuple[list[str], list[str]]] = []
         self.missing = missing or set()
 
     async def missing_ids(self, applications: list[str], entities: list[str]) -> tuple[set[str], set[str]]:
-        self.asked.append((applications, entities))
+        self.asked.append((list(applications), list(entities)))
         return {i for i in applications if i in self.missing}, {i for i in entities if i in self.missing}
 
 
-async def test_known_ids_says_known_exactly_when_check_would_not_ask_the_store() -> None:
-    store = _NoStore(missing={"gone"})
-    known = KnownIds(store, ttl=60)  # type: ignore[arg-type]
-    assert known.known((), ())
-    assert not known.known(("app",), ())
-    await known.check(("app",), ("entity",))
-    assert known.known(("app",), ("entity",)) and known.known(("app",), ()) and known.known((), ("entity",))
-    assert not known.known(("app", "other"), ("entity",))
-    assert not known.known(("app",), ("app",))  # an application is not an entity
-    with pytest.raises(Refusal):
-        await known.check(("gone",), ())
-    assert not known.known(("gone",), ())  # absence is never cached
-    asked = len(store.asked)
-    await known.check(("app",), ("entity",))
-    assert len(store.asked) == asked
-    known._applications["app"] = time.monotonic() - 1  # expired
-    assert not known.known(("app",), ())
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_known_ids_ask_the_store_only_for_ids_not_seen_to_exist_within_the_ttl() -> None:
+    store, clock = _CountingStore(missing={"gone"}), _Clock()
+    known = KnownIds(store, ttl=60, clock=clock)  # type: ignore[arg-type]
+    assert known.unknown((), ()) is None
+    assert known.unknown(("app",), ()) == (["app"], [])
+    await known.look_up(["app"], ["entity"])
+    assert known.unknown(("app",), ("entity",)) is None
+    assert known.unknown(("app", "other"), ("entity",)) == (["other"], [])
+    assert known.unknown(("app",), ("app",)) == ([], ["app"])  # an application is not an entity
+    with pytest.raises(Refusal) as refused:
+        await known.look_up(["gone"], [])
+    assert (refused.value.status, refused.value.reason) == (400, "unknown_application")
+    assert known.unknown(("gone",), ()) == (["gone"], [])  # absence is never cached
+    clock.now += 59.9
+    assert known.unknown(("app",), ("entity",)) is None
+    clock.now += 0.2  # past the ttl: asked again
+    assert known.unknown(("app",), ("entity",)) == (["app"], ["entity"])
+    await known.look_up(["app"], ["entity"])
     known.clear()
-    assert not known.known((), ("entity",))
+    assert known.unknown((), ("entity",)) == ([], ["entity"])
 
 
 def _key(platform: tuple[PlatformEntry, ...] = ()) -> ApiKey:
@@ -142,10 +145,10 @@ def test_principal_is_made_once_per_key_entry_and_endpoint() -> None:
 
 
 def test_refusal_answers_are_encoded_once_per_distinct_refusal() -> None:
-    one = checks._answer(Refusal(403, "id_out_of_scope", "scope", "applicationId", "not yours"), "legacy")
-    same = checks._answer(Refusal(403, "id_out_of_scope", "scope", "applicationId", "not yours"), "legacy")
+    one = answers._answer(Refusal(403, "id_out_of_scope", "scope", "applicationId", "not yours"), "legacy")
+    same = answers._answer(Refusal(403, "id_out_of_scope", "scope", "applicationId", "not yours"), "legacy")
     assert same is one
-    other = checks._answer(Refusal(403, "id_out_of_scope", "scope", "applicationId", "not this"), "legacy")
+    other = answers._answer(Refusal(403, "id_out_of_scope", "scope", "applicationId", "not this"), "legacy")
     assert other[1] != one[1]
-    assert checks._answer(Refusal(403, "id_out_of_scope", "scope", "applicationId", "not yours"), "api-error") != one
-    assert checks._answer(Refusal(401, "unknown_key", "auth"), "legacy")[0][-1] == (b"www-authenticate", b"App")
+    assert answers._answer(Refusal(403, "id_out_of_scope", "scope", "applicationId", "not yours"), "api-error") != one
+    assert answers._answer(Refusal(401, "unknown_key", "auth"), "legacy")[0][-1] == (b"www-authenticate", b"App")

@@ -25,7 +25,7 @@ from keyscope.core import keys
 from keyscope.core.errors import Refusal
 from keyscope.core.models import ApiKey, Application, PlatformEntry
 from keyscope.core.settings import Settings
-from keyscope.decide.checks import Admission
+from keyscope.decide.admission import Admission
 from keyscope.gateway.app import Gateway
 from keyscope.gateway.middleware import KeyScopeMiddleware
 from keyscope.observe import accesslog

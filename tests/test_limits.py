@@ -10,6 +10,7 @@ backend as processes, raw sockets for what an HTTP client would not send.
 from __future__ import annotations
 
 import json
+import re
 import select
 import socket
 import threading
@@ -30,7 +31,7 @@ from hypothesis import strategies as st
 from keyscope.core.errors import Refusal, refusal_body
 from keyscope.core.limits import DEFAULT, Limits
 from keyscope.core.settings import ConfigError, Settings, load
-from keyscope.decide.checks import refuse
+from keyscope.decide.answers import refuse
 from keyscope.gateway.app import Gateway as GatewayApp
 from keyscope.gateway.middleware import KeyScopeMiddleware
 from keyscope.gateway.protocol import GatewayProtocol, head_bytes_limit
@@ -159,19 +160,25 @@ def refusal_of(reason: str, limits: Limits) -> Refusal:
     raise AssertionError(reason)
 
 
-def closed_answer(refusal: Refusal) -> bytes:
-    """What the protocol writes for a head it refuses before the head ends: step 1's answer, then it closes."""
+def closed_answer(refusal: Refusal, answer: bytes) -> bytes:
+    """What the protocol writes for a head it refuses before the head ends: step 1's answer with a new request id
+    (the head was never read whole: no id of the client's is trusted), then it closes. The id is taken from
+    `answer`, the answer received, once it is seen to be one keyscope makes."""
+    found = re.search(rb"\r\nx-request-id: ([0-9a-f]+-[0-9a-f]+)\r\n", answer)
+    assert found is not None, answer
     payload = refusal_body(refusal, "legacy")
     phrase = HTTPStatus(refusal.status).phrase.encode()
     return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json;charset=UTF-8\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n" % (refusal.status, phrase, len(payload))) + payload
+            b"x-request-id: %s\r\nconnection: close\r\n\r\n" % (refusal.status, phrase, len(payload), found[1])
+            ) + payload
 
 
 # the protocol: refused as the head arrives ------------------------------------------------------------------
 def test_a_target_past_the_limit_is_414_before_the_request_line_ends(small: int) -> None:
     with connect(small) as sock:
         sock.sendall(b"GET /" + b"a" * 64)  # 65 bytes of target, no end of line, no head
-        assert read_all(sock) == closed_answer(refusal_of("too_long", SMALL))
+        answer = read_all(sock)
+        assert answer == closed_answer(refusal_of("too_long", SMALL), answer)
 
 
 def test_a_target_at_the_limit_passes_and_the_question_mark_is_not_counted(small: int) -> None:
@@ -186,13 +193,15 @@ def test_a_header_line_past_the_count_is_431_before_the_head_ends(small: int) ->
     lines = b"".join(b"X-%d: v\r\n" % i for i in range(7))
     with connect(small) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\n" + lines + b"X")  # a line is complete when the next one starts
-        assert read_all(sock) == closed_answer(refusal_of("too_many_headers", SMALL))
+        answer = read_all(sock)
+        assert answer == closed_answer(refusal_of("too_many_headers", SMALL), answer)
 
 
 def test_header_bytes_past_the_limit_are_431_before_the_head_ends(small: int) -> None:
     with connect(small) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nX-Big: " + b"v" * 196 + b"\r\nX")  # 5 + 196 bytes
-        assert read_all(sock) == closed_answer(refusal_of("headers_too_large", SMALL))
+        answer = read_all(sock)
+        assert answer == closed_answer(refusal_of("headers_too_large", SMALL), answer)
 
 
 def test_limits_exactly_met_pass(small: int) -> None:

@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 
 from keyscope.control import admin
 from keyscope.decide.auth import KeyAuthenticator
-from keyscope.decide.checks import Principal
+from keyscope.decide.admission import Principal
 from keyscope.gateway.middleware import KeyScopeMiddleware
 from keyscope.store import store_from_url
 

@@ -19,7 +19,7 @@ import uvicorn
 from fixtures import OTHER_APP  # run as a script: benchmarks/gateway is on sys.path
 
 from keyscope.core.errors import Refusal
-from keyscope.decide.checks import refusal_answer, refuse
+from keyscope.decide.answers import refusal_answer, refuse
 from keyscope.gateway.protocol import GatewayProtocol
 from keyscope.serve.server import _tune_gc
 

@@ -39,7 +39,7 @@ from gateway.fixtures import APP, OTHER_APP, message_body, seed  # noqa: E402
 from keyscope import accesslog  # noqa: E402
 from keyscope.core.errors import Refusal  # noqa: E402
 from keyscope.core.settings import Settings  # noqa: E402
-from keyscope.decide.checks import Admission  # noqa: E402
+from keyscope.decide.admission import Admission  # noqa: E402
 from keyscope.gateway.app import _ADMITTED as ADMITTED  # noqa: E402
 from keyscope.gateway.app import Gateway  # noqa: E402
 from keyscope.gateway.middleware import KeyScopeMiddleware  # noqa: E402

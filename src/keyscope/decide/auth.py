@@ -5,42 +5,42 @@ their secret for a few seconds (bounded), unknown secrets are cached as unknown 
 of random secrets cannot evict real keys nor reach the store per request), and concurrent misses for one secret
 share a single lookup. Management writes call `invalidate()` so that a change takes effect at once.
 Secrets never leave this module except as their hash.
+
+The parts are separate so that the request procedure (`keyscope.decide.procedure`) can run them without
+awaiting anything when the cache answers: `secret_hash()` reads the header, `cached()` asks the caches,
+`load()` (the only coroutine) asks the store, and `admit()` checks the record against this request.
+`authenticate()` is the four in a row, for callers that may await (the management API).
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import anyio
 
 from keyscope.core.errors import Refusal
 from keyscope.core.models import ApiKey
+from keyscope.core.networks import IPAddress, IPNetwork, parse_address, parse_networks, within
+from keyscope.core.ttlcache import Clock, TTLCache
 from keyscope.core.types import Scope
 from keyscope.http.canonical import HeaderMap
 from keyscope.observe import metrics
 from keyscope.store.base import Store
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
 MAX_SECRET = 512
 
-_T = TypeVar("_T")
 _sha256 = hashlib.sha256  # keys.hash_secret() for bytes, without its str check
-_monotonic = time.monotonic
 _time = time.time
 _cache_hit = metrics.key_cache_hit  # one count per lookup: the cache answered
 _cache_miss = metrics.key_cache_miss  # or the store was asked
 
 
 @dataclass(frozen=True, slots=True)
-class _Cached:
+class KeyRecord:
     """A key with what every request needs precomputed: its networks and its validity as timestamps."""
 
     key: ApiKey
@@ -55,7 +55,7 @@ class _Lookup:
 
     done: anyio.Event = field(default_factory=anyio.Event)
     finished: bool = False
-    result: _Cached | None = None
+    result: KeyRecord | None = None
     error: Exception | None = None
 
 
@@ -114,10 +114,6 @@ def app_secret(scope: Scope, headers: HeaderMap | None = None) -> bytes:
     return secret
 
 
-def parse_networks(cidrs: Iterable[str]) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
-
-
 class KeyAuthenticator:
     def __init__(
         self,
@@ -128,56 +124,54 @@ class KeyAuthenticator:
         negative_ttl: float = 5.0,
         negative_maxsize: int = 100_000,
         trusted_proxies: Iterable[str] = (),
+        clock: Clock = time.monotonic,
     ) -> None:
         self.store = store
-        self._ttl = ttl
-        self._maxsize = maxsize
-        # secret hash -> (key, monotonic deadline): a plain dict, so a hit costs one lookup (a TTLCache hit costs
-        # several Python calls); the oldest entries go first when it is full.
-        self._keys: dict[bytes, tuple[_Cached, float]] = {}
-        # unknown secret hash -> monotonic deadline, the same way, in its own dict
-        self._unknown: dict[bytes, float] = {}
-        self._negative_ttl = negative_ttl
-        self._negative_maxsize = negative_maxsize
+        self._keys: TTLCache[bytes, KeyRecord] = TTLCache(ttl, maxsize, clock)
+        self._unknown: TTLCache[bytes, bool] = TTLCache(negative_ttl, negative_maxsize, clock)
         self._hash_by_id: dict[str, bytes] = {}
         self._inflight: dict[bytes, _Lookup] = {}
         self._generation = 0
-        self._trusted = parse_networks(trusted_proxies)
+        self.trusted: tuple[IPNetwork, ...] = parse_networks(trusted_proxies)
+        self._clients: dict[str, str | None] = {}
 
     async def authenticate(self, scope: Scope, headers: HeaderMap | None = None) -> ApiKey:
         """The calling key, or Refusal(401). StoreUnavailable propagates: the caller answers 503.
 
         `headers`: step 1's `canonical.header_map()` of this request, if it made one."""
-        secret_hash = _sha256(app_secret(scope, headers)).digest()
+        secret_hash = self.secret_hash(scope, headers)
+        cached = self.cached(secret_hash)
+        if cached is None:
+            cached = await self.load(secret_hash)
+        return self.admit(cached, scope)
+
+    def secret_hash(self, scope: Scope, headers: HeaderMap | None = None) -> bytes:
+        """The hash the key records are found by, of the secret in `Authorization: App <secret>`; or Refusal(401)."""
+        value = headers.get(b"authorization") if headers is not None else None
+        plain = None if value is None else _APP_SECRET.fullmatch(value)  # app_secret()'s common case, inline
+        return _sha256(app_secret(scope, headers) if plain is None else plain[1]).digest()
+
+    def cached(self, secret_hash: bytes) -> KeyRecord | None:
+        """The cached record; Refusal(401) for a secret cached as unknown; None when the store must be asked."""
         found = self._keys.get(secret_hash)
-        if found is not None and found[1] > _monotonic():
+        if found is not None:
             _cache_hit()
-            return self._admit(found[0], scope)
-        if self._unknown.get(secret_hash, 0.0) > _monotonic():
+            return found
+        if self._unknown.get(secret_hash) is not None:
             _cache_hit()
             raise _refuse("unknown_key", "the API key is not known")
+        return None
+
+    async def load(self, secret_hash: bytes) -> KeyRecord:
+        """The record from the store (concurrent misses for one secret share the lookup), or Refusal(401)."""
         _cache_miss()
         cached = await self._lookup(secret_hash)
         if cached is None:
             raise _refuse("unknown_key", "the API key is not known")
-        return self._admit(cached, scope)
+        return cached
 
-    def cached(self, scope: Scope, headers: HeaderMap | None = None) -> ApiKey | None:
-        """`authenticate()` without a coroutine when the answer is cached, as it is for nearly every request:
-        the key, or Refusal(401); None when the store must be asked (then call authenticate())."""
-        value = headers.get(b"authorization") if headers is not None else None
-        plain = None if value is None else _APP_SECRET.fullmatch(value)  # app_secret()'s common case, inline
-        secret_hash = _sha256(app_secret(scope, headers) if plain is None else plain[1]).digest()
-        found = self._keys.get(secret_hash)
-        if found is not None and found[1] > _monotonic():
-            _cache_hit()
-            return self._admit(found[0], scope)
-        if self._unknown.get(secret_hash, 0.0) > _monotonic():
-            _cache_hit()
-            raise _refuse("unknown_key", "the API key is not known")
-        return None  # not counted here: authenticate(), called next, counts the miss
-
-    def _admit(self, cached: _Cached, scope: Scope) -> ApiKey:
+    def admit(self, cached: KeyRecord, scope: Scope) -> ApiKey:
+        """The key, if it may be used now and from this client; else Refusal(401)."""
         key = cached.key
         if not key.enabled:
             raise _refuse("key_disabled", "the API key is disabled")
@@ -188,15 +182,16 @@ class KeyAuthenticator:
             raise _refuse("key_expired", "the API key has expired")
         if cached.networks:
             client = self.client_address(scope)
-            if client is None or not any(client in network for network in cached.networks):
+            if client is None or not within(client, cached.networks):
                 raise _refuse("ip_not_allowed", "the API key may not be used from this address")
         return key
 
     def client_address(self, scope: Scope) -> IPAddress | None:
         """The peer, or the right-most X-Forwarded-For address that is not a trusted proxy when the peer is
         one. None when it cannot be told, which fails every allowedIPs check."""
-        peer = _address(scope["client"][0]) if scope.get("client") else None
-        if peer is None or not self._trusted or not self._is_trusted(peer):
+        peer = parse_address(scope["client"][0]) if scope.get("client") else None
+        trusted = self.trusted
+        if peer is None or not trusted or not within(peer, trusted):
             return peer
         forwarded = [
             part.strip()
@@ -205,15 +200,32 @@ class KeyAuthenticator:
             for part in value.split(b",")
         ]
         for raw in reversed(forwarded):
-            address = _address(raw.decode("latin-1"))
+            address = parse_address(raw.decode("latin-1"))
             if address is None:
                 return None
-            if not self._is_trusted(address):
+            if not within(address, trusted):
                 return address
-        return peer if not forwarded else _address(forwarded[0].decode("latin-1"))
+        return peer if not forwarded else parse_address(forwarded[0].decode("latin-1"))
 
-    def _is_trusted(self, address: IPAddress) -> bool:
-        return any(address in network for network in self._trusted)
+    def client_text(self, scope: Scope) -> str | None:
+        """`client_address()` as the access line shows it. Without trusted proxies it depends on the peer
+        alone, and is remembered per peer."""
+        client = scope.get("client")
+        if self.trusted:
+            address = self.client_address(scope)
+            return None if address is None else str(address)
+        if client is None:
+            return None
+        clients = self._clients
+        peer = client[0]
+        known = clients.get(peer, clients)
+        if known is not clients:
+            return known  # type: ignore[return-value]
+        address = self.client_address(scope)
+        if len(clients) >= 4096:
+            clients.clear()
+        text = clients[peer] = None if address is None else str(address)
+        return text
 
     def invalidate(self, key_id: str | None = None) -> None:
         """Drop one key's cached record, or everything (None) including unknown secrets and lookups in flight."""
@@ -226,9 +238,9 @@ class KeyAuthenticator:
             return
         secret_hash = self._hash_by_id.pop(key_id, None)
         if secret_hash is not None:
-            self._keys.pop(secret_hash, None)
+            self._keys.pop(secret_hash)
 
-    async def _lookup(self, secret_hash: bytes) -> _Cached | None:
+    async def _lookup(self, secret_hash: bytes) -> KeyRecord | None:
         while (pending := self._inflight.get(secret_hash)) is not None:
             await pending.done.wait()
             if pending.error is not None:
@@ -249,38 +261,17 @@ class KeyAuthenticator:
                 del self._inflight[secret_hash]
             lookup.done.set()
 
-    async def _load(self, secret_hash: bytes, generation: int) -> _Cached | None:
+    async def _load(self, secret_hash: bytes, generation: int) -> KeyRecord | None:
         key = await self.store.find_key_by_hash(secret_hash)
         cached = None if key is None else _prepare(key)
         if generation == self._generation:  # an invalidate() while we waited makes this answer stale
             if cached is None:
-                _remember(self._unknown, secret_hash, _monotonic() + self._negative_ttl, self._negative_maxsize)
+                self._unknown.put(secret_hash, True)
             else:
-                self._remember(secret_hash, cached)
+                self._keys.put(secret_hash, cached)
                 self._hash_by_id[cached.key.id] = secret_hash
         return cached
 
-    def _remember(self, secret_hash: bytes, cached: _Cached) -> None:
-        _remember(self._keys, secret_hash, (cached, _monotonic() + self._ttl), self._maxsize)
 
-
-def _remember(cache: dict[bytes, _T], secret_hash: bytes, value: _T, maxsize: int) -> None:
-    cache.pop(secret_hash, None)  # re-inserted at the end: the oldest entries come first
-    while cache and len(cache) >= maxsize:
-        del cache[next(iter(cache))]
-    cache[secret_hash] = value
-
-
-def _prepare(key: ApiKey) -> _Cached:
-    return _Cached(key, parse_networks(key.allowed_ips), key.valid_from.timestamp(), key.valid_to.timestamp())
-
-
-def _address(text: str) -> IPAddress | None:
-    """An IPv4 peer seen through an IPv6 socket (`::ffff:a.b.c.d`) is compared as the IPv4 address it is."""
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+def _prepare(key: ApiKey) -> KeyRecord:
+    return KeyRecord(key, parse_networks(key.allowed_ips), key.valid_from.timestamp(), key.valid_to.timestamp())

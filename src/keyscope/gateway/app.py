@@ -1,11 +1,11 @@
 """The gateway: a pure ASGI app that runs the request path top to bottom and forwards what it admits.
 
-    1. canonical target (every caller)             checks.Checks.target
-       management paths -> the admin app, never forwarded
-    2. authenticate  3./4. allowlist and ids  5. ids exist       checks.Checks.admit
-    6. forward                                      proxy.Upstream.forward
-    7. refusals in the endpoint's error family      checks.refuse
-    8. one access-log line                          accesslog.record
+    1. canonical target (every caller)                      decide.checks.Checks.target
+       management paths -> the admin app, never forwarded   decide.management.is_management
+    2. authenticate  3./4. allowlist and ids  5. ids exist  decide.checks.Checks.steps
+    6. forward                                              gateway.upstream.Upstream.forward
+    7. refusals in the endpoint's error family              decide.answers
+    8. one access-log line                                  decide.admission.Admission.log
 
 Under `keyscope serve`, a request that arrives whole is first offered to `early()` (see `keyscope.gateway.protocol`):
 steps 1-5 run there, without a coroutine, when they need no waiting, and a refusal leaves as bytes before any
@@ -30,8 +30,10 @@ from keyscope.core.limits import DEFAULT as DEFAULT_LIMITS
 from keyscope.core.limits import Limits
 from keyscope.core.settings import DEFAULT_HEADER_TIMEOUT, Settings
 from keyscope.core.types import Message, Receive, Scope, Send
+from keyscope.decide.admission import Admission
 from keyscope.decide.auth import KeyAuthenticator, authorization_header, split_credentials
-from keyscope.decide.checks import Admission, Checks, ClientGone, refusal_answer
+from keyscope.decide.checks import Checks
+from keyscope.decide.management import is_management
 from keyscope.gateway.upstream import Upstream
 from keyscope.observe import accesslog, metrics
 from keyscope.store import Store, store_from_url
@@ -43,23 +45,6 @@ _in_flight_inc = metrics.in_flight_inc  # requests inside this app: keyscope_req
 _in_flight_dec = metrics.in_flight_dec
 _ADMITTED = "keyscope.admitted"
 """Scope key under which `early()` hands an admitted request (its Admission and start time) to `__call__`."""
-_PROVISIONING = b"/provisioning/1"
-_API_KEYS = b"/settings/2/api-keys"
-_MANAGEMENT_FIRST = frozenset(b"pPsS")
-
-
-def is_management(raw_path: bytes) -> bool:
-    """Whether the canonical raw path starts with `/provisioning/1` or `/settings/2/api-keys`, in any letter case.
-
-    Whatever follows counts: a backend may route `/settings/2/api-keys.json` (Rails' `(.:format)`),
-    `/settings/2/api-keys.` or `/settings/2/api-keys~` (Spring's suffix matching), `/provisioning/10` (a proxy's
-    plain prefix match) or `/PROVISIONING/1` (case-insensitive routing) to its management endpoints, with the
-    upstream's own credentials. All of it is the admin app's, which answers 404 for what it does not know.
-    """
-    if len(raw_path) < len(_PROVISIONING) or raw_path[1] not in _MANAGEMENT_FIRST:
-        return False
-    start = raw_path[: len(_API_KEYS)].lower()
-    return start.startswith(_PROVISIONING) or start == _API_KEYS
 
 
 class Gateway:
@@ -122,7 +107,6 @@ class Gateway:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # An HTTP request is handled right here, not in a method of its own: one coroutine less per request.
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 await self.lifespan(receive, send)
@@ -137,25 +121,8 @@ class Gateway:
                 return
             started = _perf_counter()
             admission = Admission()
-            checks = self.checks
-            try:
-                headers = checks.target(scope)
-                admission.begin(scope, headers, self.authenticator)
-                if is_management(scope["raw_path"]):
-                    await checks.watcher.tick()  # API keys may call these too: hear of revocations first
-                    status = await self._manage(scope, receive, send, admission)
-                    if status != 401:
-                        admission.principal_id = self._caller(scope, headers)
-                    admission.log(started, scope, accesslog.MANAGEMENT, status)
-                    return
-                await checks.admit(scope, receive, admission, headers)
-            except Refusal as refusal:
-                await admission.refused(scope, send, refusal, started, self.authenticator)
-                return
-            except ClientGone:
-                admission.log(started, scope, accesslog.FAILED, accesslog.CLIENT_GONE)
-                return
-            await self._forward(scope, receive, send, admission, started)
+            if await self.checks.handle(scope, receive, send, admission, started, self._manage):
+                await self._forward(scope, receive, send, admission, started)
         finally:
             _in_flight_dec()
 
@@ -181,10 +148,10 @@ class Gateway:
             if scheme == b"bearer":
                 token = self._admin_token
                 return "admin" if token is not None and hmac.compare_digest(credentials, token) else None
-            key = self.authenticator.cached(scope, headers)
+            record = self.authenticator.cached(self.authenticator.secret_hash(scope, headers))
         except Refusal:
             return None
-        return None if key is None else key.id
+        return None if record is None else record.key.id
 
     def early(self, scope: Scope, body: bytes) -> tuple[bytes, bool] | None:
         """Steps 1-5 for a request whose whole body is here, before any ASGI task (`keyscope.gateway.protocol`).
@@ -200,20 +167,23 @@ class Gateway:
             if is_management(scope["raw_path"]) or not self.checks.decide(scope, body, admission, headers):
                 return None
         except Refusal as refusal:
-            request_id = admission.begin(scope, headers, self.authenticator)
-            answer, close = refusal_answer(refusal, admission.family, request_id)
-            end = answer.index(b"\r\n\r\n") + 4
-            if scope["method"] == "HEAD":  # the head alone, Content-Length included, as uvicorn sends it
-                answer = answer[:end]
-            admission.bytes_in = len(body)
-            admission.bytes_out = len(answer) - end
-            admission.log(started, scope, accesslog.REFUSED, refusal.status, refusal)
-            return answer, close
+            return admission.refused_early(scope, body, refusal, started, self.authenticator, headers)
         admission.begin(scope, headers, self.authenticator)
         scope[_ADMITTED] = (admission, started)
         return None
 
-    async def _manage(self, scope: Scope, receive: Receive, send: Send, admission: Admission) -> int:
+    async def _manage(
+        self, scope: Scope, receive: Receive, send: Send, admission: Admission, started: float,
+        headers: dict[bytes, bytes] | None,
+    ) -> None:
+        """A management call: the admin app answers it, after hearing of revocations (API keys may call it)."""
+        await self.checks.watcher.tick()
+        status = await self._admin(scope, receive, send, admission)
+        if status != 401:
+            admission.principal_id = self._caller(scope, headers)
+        admission.log(started, scope, accesslog.MANAGEMENT, status)
+
+    async def _admin(self, scope: Scope, receive: Receive, send: Send, admission: Admission) -> int:
         status = 0
         request_id = (b"x-request-id", (admission.request_id or "").encode("ascii"))
 

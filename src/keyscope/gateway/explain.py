@@ -1,8 +1,9 @@
 """What the gateway would decide about one request, step by step, without forwarding anything.
 
-`explain()` drives the gateway's own checks (`checks.Checks.target` and `Checks.admit`, with the same matcher,
-authenticator, scope inspection and existence check) over a request built from its arguments, then describes
-what each step saw. The verdict, status and error body are the gateway's: nothing here re-implements a rule.
+`explain()` drives the gateway's own checks (`Checks.target` and `Checks.admit`, with the same matcher,
+authenticator, scope inspection and existence check) over a request built from its arguments, with a recorder
+that hears what each step saw, and describes it. The verdict, status and error body are the gateway's: nothing
+here re-implements or re-runs a rule.
 Three things differ from live traffic, each said in the trace:
 
 - the key may be chosen by id instead of by secret: the secret check is skipped, while the key's enabled
@@ -26,9 +27,12 @@ from keyscope.core.limits import DEFAULT as DEFAULT_LIMITS
 from keyscope.core.limits import Limits
 from keyscope.core.models import ApiKey, PlatformEntry
 from keyscope.core.types import Message, Scope
+from keyscope.decide.admission import Admission
+from keyscope.decide.answers import refusal_headers
 from keyscope.decide.auth import KeyAuthenticator
-from keyscope.decide.checks import Admission, Checks, UsageRecorder, refusal_headers
-from keyscope.gateway.app import is_management
+from keyscope.decide.checks import Checks
+from keyscope.decide.management import is_management
+from keyscope.decide.usage import NotRecorded
 from keyscope.store.base import NotFound, Store
 
 CHOSEN_KEY_CREDENTIALS = b"App explain-chosen-key"
@@ -118,11 +122,27 @@ class _OneKey:
         return self.key
 
 
-class _NotUsed(UsageRecorder):
-    """Explaining a request is not using the key."""
+class _Trace:
+    """What each step of the procedure saw, as it ran (a `keyscope.decide.checks.Recorder`)."""
 
-    def touch(self, key_id: str) -> None:
-        return None
+    def __init__(self) -> None:
+        self.key: ApiKey | None = None
+        self.found: matcher.Result | None = None
+        self.decision: scoping.Decision | None = None
+        self.body: bytes | None = None
+        self.exist = False
+
+    def authenticated(self, key: ApiKey) -> None:
+        self.key = key
+
+    def matched(self, found: matcher.Result) -> None:
+        self.found = found
+
+    def inspected(self, decision: scoping.Decision, body: bytes | None) -> None:
+        self.decision, self.body = decision, body
+
+    def existing(self) -> None:
+        self.exist = True
 
 
 class KeyNotFound(LookupError):
@@ -166,7 +186,7 @@ async def explain(
     checks = Checks(
         endpoints=endpoints, store=store, authenticator=authenticator, max_body_size=max_body_size, limits=limits
     )
-    checks.usage = _NotUsed(store)
+    checks.usage = NotRecorded(store)
     scope = _scope(method, target, credentials, body, content_type, client)
     return await _run(checks, scope, body, Explanation(method, target, [], "forwarded", notes=notes))
 
@@ -226,12 +246,13 @@ async def _run(checks: Checks, scope: Scope, body: bytes, result: Explanation) -
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
+    trace = _Trace()
     try:
-        await checks.admit(scope, receive, admission)
+        await checks.admit(scope, receive, admission, recorder=trace)
     except Refusal as refusal:
-        _describe(checks, scope, body, admission, steps, refusal)
+        _describe(trace, scope, admission, steps, refusal)
         return _refused(result, refusal, admission)
-    _describe(checks, scope, body, admission, steps, None)
+    _describe(trace, scope, admission, steps, None)
     result.forwarded = {
         "headers": dict(admission.identity_headers()),
         "query": admission.query.decode("latin-1"),
@@ -253,12 +274,10 @@ def _refused(result: Explanation, refusal: Refusal, admission: Admission) -> Exp
     return result
 
 
-def _describe(
-    checks: Checks, scope: Scope, body: bytes, admission: Admission, steps: list[Step], refusal: Refusal | None
-) -> None:
-    """The trace of steps 2-5 from what admit() recorded and, when it refused, where it stopped."""
+def _describe(trace: _Trace, scope: Scope, admission: Admission, steps: list[Step], refusal: Refusal | None) -> None:
+    """The trace of steps 2-5 from what the procedure recorded and, when it refused, where it stopped."""
     failed = refusal.step if refusal is not None else None
-    key = admission.key
+    key = trace.key
     # 2. authentication
     if key is None:
         assert refusal is not None
@@ -275,8 +294,7 @@ def _describe(
     details["secret"] = "not checked: the key was chosen by id" if chosen else "matches this key"
     steps.append(Step("auth", "Authentication", True, _who(key), details))
     # 3. allowlist
-    found = checks.matcher.match(scope["method"], scope["raw_path"])
-    steps.append(_allowlist_step(key, found, failed == "allowlist"))
+    steps.append(_allowlist_step(key, trace.found, failed == "allowlist"))
     if failed == "allowlist":
         _skipped(steps, "ids", "existence")
         return
@@ -288,7 +306,8 @@ def _describe(
         steps.append(Step("ids", title, False, refusal.detail, details))
         _skipped(steps, "existence")
         return
-    steps.append(_ids_step(scope, body, admission, key, checks.limits))
+    assert trace.decision is not None
+    steps.append(_ids_step(scope, trace, admission, key))
     # 5. existence
     if failed == "existence":
         assert refusal is not None
@@ -350,23 +369,10 @@ def _allowlist_step(key: ApiKey, found: Any, refused: bool) -> Step:
     return Step("allowlist", "Allowlist", True, summary + ", but a primary key may call any path")
 
 
-def _ids_step(scope: Scope, body: bytes, admission: Admission, key: ApiKey, limits: Limits) -> Step:
-    """Where ids were found and which entry permitted each place; the rewrites FILL/FORCE made.
-
-    admit() keeps only the outcome, so the places come from running the same pure inspection again on the
-    same input (with the body only when admit() read it).
-    """
-    content_type, content_encoding = _header(scope, b"content-type"), _header(scope, b"content-encoding")
-    read = scoping.needs_body(admission.endpoint, key, content_type, content_encoding)
-    decision = scoping.inspect(
-        admission.endpoint,
-        key,
-        query=scope["query_string"],
-        content_type=content_type,
-        content_encoding=content_encoding,
-        body=body if read else b"",
-        limits=limits,
-    )
+def _ids_step(scope: Scope, trace: _Trace, admission: Admission, key: ApiKey) -> Step:
+    """Where ids were found and which entry permitted each place; the rewrites FILL/FORCE made."""
+    decision = trace.decision
+    assert decision is not None
     places = [
         {"where": place.where, "ids": place.ids, "checkedAgainst": _entry_text(place.entry) if key.platform else "-"}
         for place in decision.places
@@ -380,8 +386,8 @@ def _ids_step(scope: Scope, body: bytes, admission: Admission, key: ApiKey, limi
         if admission.query != scope["query_string"]:
             details["queryBefore"] = scope["query_string"].decode("latin-1")
             details["queryAfter"] = admission.query.decode("latin-1")
-        if admission.body is not None and admission.body != body:
-            details["bodyBefore"] = body.decode("utf-8", "replace")
+        if trace.body is not None and admission.body is not None and admission.body != trace.body:
+            details["bodyBefore"] = trace.body.decode("utf-8", "replace")
             details["bodyAfter"] = admission.body.decode("utf-8", "replace")
     if key.is_primary:
         summary = f"{len(places)} place(s) with ids; a primary key is not limited to any"
@@ -390,7 +396,3 @@ def _ids_step(scope: Scope, body: bytes, admission: Admission, key: ApiKey, limi
     else:
         summary = "this endpoint carries no ids"
     return Step("ids", "Ids in the request", True, summary, details)
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    return next((value for key, value in scope["headers"] if key == name), None)

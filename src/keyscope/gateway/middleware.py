@@ -31,12 +31,12 @@ from collections.abc import Sequence
 
 from keyscope.allowlist.table import Endpoint
 from keyscope.allowlist.table import load as load_endpoints
-from keyscope.core.errors import Refusal
 from keyscope.core.limits import DEFAULT as DEFAULT_LIMITS
 from keyscope.core.limits import Limits
 from keyscope.core.types import ASGIApp, Message, Receive, Scope, Send
+from keyscope.decide.admission import Admission
 from keyscope.decide.auth import KeyAuthenticator
-from keyscope.decide.checks import Admission, Checks, ClientGone
+from keyscope.decide.checks import Checks
 from keyscope.observe import accesslog
 from keyscope.store import Store, store_from_url
 
@@ -75,30 +75,19 @@ class KeyScopeMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # An HTTP request is handled right here, not in a method of its own: one coroutine less per request.
         if scope["type"] != "http":
             await self._other(scope, receive, send)
             return
         started = _perf_counter()
         if not scope.get("raw_path"):
             raise RuntimeError("KeyScopeMiddleware needs an ASGI server that provides scope['raw_path']")
+        if not self._ready:
+            await self._open()
+        # A chunked body may end in trailers, which uvicorn's httptools protocol appends to the scope's header
+        # list as they arrive: what the checks read and the app gets is the head as checked, a copy of it.
+        scope = {**scope, "headers": list(scope["headers"])}
         admission = Admission()
-        checks = self.checks
-        try:
-            if not self._ready:
-                await self._open()
-            headers = checks.target(scope)
-            admission.begin(scope, headers, self.authenticator)
-            if headers is None or b"transfer-encoding" in headers:
-                # A chunked body may end in trailers, which uvicorn's httptools protocol appends to this very list
-                # as they arrive: what the checks read and the app gets is the head as checked, a copy of it.
-                scope = {**scope, "headers": list(scope["headers"])}
-            await checks.admit(scope, receive, admission, headers)
-        except Refusal as refusal:
-            await admission.refused(scope, send, refusal, started, self.authenticator)
-            return
-        except ClientGone:
-            admission.log(started, scope, accesslog.FAILED, accesslog.CLIENT_GONE)
+        if not await self.checks.handle(scope, receive, send, admission, started):
             return
 
         state = scope.get("state")

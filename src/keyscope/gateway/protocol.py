@@ -38,7 +38,7 @@ from keyscope.core.limits import DEFAULT as DEFAULT_LIMITS
 from keyscope.core.limits import Limits
 from keyscope.core.settings import DEFAULT_HEADER_TIMEOUT
 from keyscope.core.types import Scope
-from keyscope.decide.checks import client_text, refusal_answer
+from keyscope.decide.answers import refusal_answer
 from keyscope.http import canonical
 from keyscope.observe import accesslog, metrics
 
@@ -173,13 +173,14 @@ class GatewayProtocol(HttpToolsProtocol):
         method = self.parser.get_method().decode("ascii", "replace") if self.url else ""
         path = self.url.partition(b"?")[0][: self.max_target]
         authenticator = getattr(self.app, "authenticator", None)
-        client = None if authenticator is None else client_text(
-            authenticator, {"client": self.client, "headers": self.headers})  # the headers so far
-        data, _ = refusal_answer(refusal, "legacy")  # step 1 matches no endpoint: the legacy family
+        client = None if authenticator is None else authenticator.client_text(
+            {"client": self.client, "headers": self.headers})  # the headers so far
+        request_id = accesslog.request_id(None)  # the head was not read whole: the client's id is not trusted
+        data, _ = refusal_answer(refusal, "legacy", request_id)  # step 1 matches no endpoint: the legacy family
         started = _perf_counter()
         metrics.record(started, accesslog.REFUSED, refusal.status, refusal.reason, refusal.step, None, None, None)
         accesslog.write(started, method, path, accesslog.REFUSED, refusal.status, None, None,
-                        refusal.reason, refusal.step, None, client, accesslog.request_id(None), 0,
+                        refusal.reason, refusal.step, None, client, request_id, 0,
                         0 if method == "HEAD" else len(data) - data.index(b"\r\n\r\n") - 4, None, None)
         end = data.index(b"\r\n\r\n") + 2
         data = data[:end] + b"connection: close\r\n" + (b"\r\n" if method == "HEAD" else data[end:])
@@ -198,8 +199,10 @@ class GatewayProtocol(HttpToolsProtocol):
         if self.section_bytes:  # part of a head came, and no more in time
             method = self.parser.get_method().decode("ascii", "replace") if self.url else ""
             path = self.url.partition(b"?")[0]
-            accesslog.write(_perf_counter() - self.header_timeout, method, path, accesslog.REFUSED, 408, None, None,
-                            "header_timeout", "canonical", None)
+            started = _perf_counter() - self.header_timeout
+            metrics.record(started, accesslog.REFUSED, 408, "header_timeout", "canonical", None, None, None)
+            accesslog.write(started, method, path, accesslog.REFUSED, 408, None, None, "header_timeout", "canonical",
+                            None)
         self._flush()
         self.transport.close()
 

@@ -120,13 +120,13 @@ def write(
     user_agent: bytes | None = None,
     upstream_ms: float | None = None,
 ) -> None:
-    """`record()` with positional arguments, for the request path (a keyword call costs more)."""
+    """`record()` with positional arguments, for the request path."""
     if not logger.isEnabledFor(logging.INFO):
         return
     ms = (_perf_counter() - started) * 1000
-    # The JSON object written out by hand, in json.dumps(separators=(",", ":")) form: a dict and the generic
-    # encoder cost more than the rest of a refusal's logging. `%.3f` names the same number as
-    # `repr(round(x, 3))` (both are the correctly rounded decimal), at a third of the cost.
+    # The JSON object written out by hand, in json.dumps(separators=(",", ":")) form (the generic encoder was
+    # most of a refusal's cost: benchmarks/gateway/steps.py). `%.3f` names the same number as
+    # `repr(round(x, 3))`: both are the correctly rounded decimal.
     if upstream_ms is None:
         own, upstream_text = ms, "null"
     else:
