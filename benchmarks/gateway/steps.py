@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.fixtures import APP, OTHER_APP, message_body, seed  # noqa: E402
-from keyscope import accesslog  # noqa: E402
+from keyscope.observe import accesslog  # noqa: E402
 from keyscope.core.errors import Refusal  # noqa: E402
 from keyscope.core.settings import Settings  # noqa: E402
 from keyscope.decide.admission import Admission  # noqa: E402
