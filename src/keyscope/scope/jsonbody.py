@@ -4,8 +4,10 @@ Parsers differ exactly where a scope check can be fooled: duplicate keys (last w
 first in some Java and Go setups), keys that differ only in case or separators (Jackson with
 ACCEPT_CASE_INSENSITIVE_PROPERTIES, System.Text.Json's web defaults and Go's encoding/json bind them to one
 field, so `"Platform": null` beside `"platform"` erases the ids for them), NaN, a BOM, UTF-16 sniffing. So the
-body is decoded as strict UTF-8, every object's member names must be distinct under `names.fold`, and every
-such difference is refused instead of resolved. The decoder's object hook does all of it in the one pass that
+body is held to the strict JSON every keyscope reader shares (`keyscope.core.jsonstrict`: strict UTF-8, no BOM,
+no member twice, no NaN or Infinity) and, beyond it, every object's member names must be distinct under
+`names.fold`, numbers must be finite, and nesting and member counts are bounded; every such difference is
+refused instead of resolved. The decoder's object hook does all of it in the one pass that
 builds the document, and lists the objects that hold ids; where each one is (`$.messages[0]`) takes a walk,
 made only for the objects that need a name (a refusal, the explainer).
 """
@@ -18,7 +20,9 @@ import re
 import threading
 from typing import Any, NamedTuple
 
+from keyscope.core import jsonstrict
 from keyscope.core.errors import Refusal
+from keyscope.core.jsonstrict import StrictJSONError, refuse_constant, unique
 from keyscope.scope.names import KINDS, classify, fold
 from keyscope.scope.refusals import refuse, special_name, too_many
 
@@ -70,11 +74,8 @@ def _decoder() -> tuple[json.JSONDecoder, list[Holder], list[int]]:
     shapes = _SHAPES
 
     def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj = dict(pairs)
-        count = len(pairs)
-        if len(obj) != count:
-            raise _duplicate(pairs)
-        members[0] += count
+        obj = unique(pairs)
+        members[0] += len(pairs)
         holds = shapes.get(tuple(obj))
         if holds is None:
             holds = _shape(obj)
@@ -82,7 +83,7 @@ def _decoder() -> tuple[json.JSONDecoder, list[Holder], list[int]]:
             holders.append(_holder(obj))
         return obj
 
-    return json.JSONDecoder(object_pairs_hook=hook, parse_constant=_constant, parse_float=_float, parse_int=_int), holders, members
+    return json.JSONDecoder(object_pairs_hook=hook, parse_constant=refuse_constant, parse_float=_float, parse_int=_int), holders, members
 
 
 class _Decoders(threading.local):
@@ -128,17 +129,16 @@ def _holder(obj: dict[str, Any]) -> Holder:
 _tuple = tuple.__new__
 
 
-def _duplicate(pairs: list[tuple[str, Any]]) -> Refusal:
-    seen: set[str] = set()
-    for key, _ in pairs:
-        if key in seen:
-            break
-        seen.add(key)
-    return refuse(400, "duplicate_key", key, f"The JSON body repeats the key {key!r} in one object.")
-
-
-def _constant(name: str) -> None:
-    raise refuse(400, "non_finite_number", None, f"The JSON body contains {name}, which is not JSON.")
+def _strict(broken: StrictJSONError) -> Refusal:
+    """A rule of strict JSON broken, in the scope check's words."""
+    name = broken.name
+    if broken.rule == "duplicate":
+        return refuse(400, "duplicate_key", name, f"The JSON body repeats the key {name!r} in one object.")
+    if broken.rule == "constant":
+        return refuse(400, "non_finite_number", None, f"The JSON body contains {name}, which is not JSON.")
+    if broken.rule == "bom":
+        return refuse(400, "bom", None, "The JSON body starts with a byte order mark.")
+    return refuse(400, "invalid_utf8", None, "The JSON body is not valid UTF-8.")
 
 
 def _int(text: str) -> int:
@@ -177,23 +177,20 @@ def _decode(decoder: json.JSONDecoder, text: str, holders: list[Holder], members
 def read(body: bytes, max_members: int, max_depth: int) -> tuple[Any, list[Holder]]:
     """The document and its objects holding ids, in the order their objects closed; a 400 Refusal for
     anything parsers could read differently."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise refuse(400, "invalid_utf8", None, "The JSON body is not valid UTF-8.") from None
     decoders = _DECODERS
     holders, members = decoders.holders, decoders.members
     holders.clear()
     members[0] = 0
     try:
+        text = jsonstrict.text(body)
         doc = _decode(decoders.decoder, text, holders, members)
     except Refusal:
         raise
+    except StrictJSONError as broken:
+        raise _strict(broken) from None
     except RecursionError:
         raise _too_deep(max_depth) from None
     except json.JSONDecodeError as exc:
-        if body.startswith(b"\xef\xbb\xbf"):
-            raise refuse(400, "bom", None, "The JSON body starts with a byte order mark.") from None
         reason = "trailing_data" if exc.msg == "Extra data" else "invalid_json"
         raise refuse(400, reason, None, f"The JSON body is not valid JSON: {exc.msg} at {exc.pos}.") from None
     except ValueError as exc:

@@ -1,0 +1,92 @@
+"""What a management request says: its JSON body, read within a size limit and decoded strictly, and its query.
+
+The body is counted as it arrives: Content-Length is only a first hint (a client may understate it, or send
+none), so reading stops as soon as the bytes pass MAX_BODY, and nothing past the limit is ever buffered.
+Starlette's `Request.body()` reads all of it first, so this reads `Request.stream()` instead.
+
+Strict JSON is `keyscope.core.jsonstrict`'s, the rules the gateway's scope check holds bodies to; here a broken
+rule is a ValidationError naming `body` (or the repeated member), as the management API words it.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import aclosing
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+
+from keyscope.control.fields import ValidationError
+from keyscope.control.schema import query_params
+from keyscope.core import jsonstrict
+from keyscope.core.errors import Refusal
+from keyscope.core.jsonstrict import StrictJSONError
+
+MAX_BODY = 64 * 1024
+
+
+async def read_json(request: Request) -> Any:
+    return parse_json(await read_body(request))
+
+
+async def read_body(request: Request) -> bytes:
+    """The JSON body, at most MAX_BODY bytes counted as they arrive (Content-Length is only a first hint).
+
+    Headers are read as sent, in order: a bad or too large Content-Length is refused where it stands, and of
+    several Content-Type headers the last one counts. A client that goes away mid-body raises Starlette's
+    ClientDisconnect: there is nobody left to answer."""
+    content_type = b""
+    for name, value in request.headers.raw:
+        lowered = name.lower()
+        if lowered == b"content-type":
+            content_type = value
+        elif lowered == b"content-length":
+            if not value.isdigit():
+                raise Refusal(400, reason="bad_content_length", step="admin", field="Content-Length")
+            if int(value) > MAX_BODY:
+                raise Refusal(413, reason="body_too_large", step="admin")
+    if content_type.split(b";", 1)[0].strip().lower() != b"application/json":
+        raise Refusal(415, reason="not_json", step="admin")
+    chunks: list[bytes] = []
+    size = 0
+    async with aclosing(request.stream()) as stream:
+        async for chunk in stream:
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise Refusal(413, reason="body_too_large", step="admin")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON (UTF-8 without BOM, no duplicate names, no NaN/Infinity); anything else names `body`."""
+    try:
+        return jsonstrict.loads(raw)
+    except StrictJSONError as broken:
+        raise _invalid(broken) from None
+    except json.JSONDecodeError as exc:
+        raise ValidationError("body", f"is not valid JSON ({exc.msg} at position {exc.pos})") from None
+    except RecursionError:
+        raise ValidationError("body", "is nested too deeply") from None
+
+
+def _invalid(broken: StrictJSONError) -> ValidationError:
+    if broken.rule == "duplicate":
+        assert broken.name is not None
+        return ValidationError(broken.name, "is given more than once")
+    if broken.rule == "constant":
+        return ValidationError("body", f"{broken.name} is not valid JSON")
+    if broken.rule == "bom":
+        return ValidationError("body", "must not start with a byte order mark")
+    return ValidationError("body", "is not valid UTF-8")
+
+
+def query(request: Request, allowed: frozenset[str]) -> dict[str, str]:
+    """The query's parameters, each of them `allowed` and given once; the raw query string must be ASCII."""
+    raw = request.scope.get("query_string", b"")
+    try:
+        items = parse_qsl(raw.decode("ascii"), keep_blank_values=True, errors="strict", max_num_fields=64)
+    except (UnicodeError, ValueError):
+        raise ValidationError("query", "is not a valid query string") from None
+    return query_params(items, allowed)

@@ -1,0 +1,86 @@
+"""`/settings/2/api-keys`: list, create, read, update and delete API keys (the admin token only).
+
+The secret is made here and shown once, in the create response; the store keeps its SHA-256 and a display
+prefix. Every write invalidates the key's cached record before it answers, so a revoked key stops working at
+once in this process, and the change hook tells the other workers.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from keyscope.control import keyschema, render, schema
+from keyscope.control.bodies import query, read_json
+from keyscope.control.fields import check_name
+from keyscope.control.handling import Control, reply, route, stored
+from keyscope.core.keys import display_prefix, hash_secret, new_key_id, new_secret
+from keyscope.core.models import ApiKey, PlatformEntry
+
+PATH = "/settings/2/api-keys"
+DEFAULT_SIZE = 100
+MAX_SIZE = 100
+QUERY = frozenset({"page", "size", "name", "enabled"})
+
+
+async def list_keys(control: Control, request: Request) -> Response:
+    params = query(request, QUERY)
+    page, size = schema.parse_paging(params, DEFAULT_SIZE, MAX_SIZE)
+    name = check_name(params["name"], "name") if "name" in params else None
+    enabled = schema.parse_bool_param(params, "enabled")
+    found = await control.store.list_keys(page, size, name=name, enabled=enabled)
+    return reply(200, render.render_key_page(found))
+
+
+async def create_key(control: Control, request: Request) -> Response:
+    now = datetime.now(UTC).replace(microsecond=0)
+    draft = keyschema.parse_key_create(await read_json(request), now)
+    secret = new_secret()
+    key = ApiKey(
+        id=new_key_id(),
+        name=draft.name,
+        secret_hash=hash_secret(secret),
+        prefix=display_prefix(secret),
+        allowed_ips=draft.allowed_ips,
+        valid_from=draft.valid_from,
+        valid_to=draft.valid_to,
+        enabled=draft.enabled,
+        platform=tuple(PlatformEntry("", e.application_id, e.entity_id, e.action) for e in draft.platform),
+        created_at=now,
+    )
+    created = await stored(control.store.create_key(key))
+    await control.changed(created.id)
+    return reply(200, render.render_key(created, secret=secret))
+
+
+async def get_key(control: Control, request: Request) -> Response:
+    return reply(200, render.render_key(await stored(control.store.get_key(request.path_params["id"]))))
+
+
+async def update_key(control: Control, request: Request) -> Response:
+    update = keyschema.parse_key_update(await read_json(request))
+    current = await stored(control.store.get_key(request.path_params["id"]))
+    keyschema.check_key_update(current, update)
+    updated = await stored(control.store.update_key(current.id, update))
+    await control.changed(updated.id)
+    return reply(200, render.render_key(updated))
+
+
+async def delete_key(control: Control, request: Request) -> Response:
+    key_id = request.path_params["id"]
+    await stored(control.store.delete_key(key_id))
+    await control.changed(key_id)
+    return reply(204)
+
+
+def routes(control: Control) -> list[Route]:
+    return [
+        route(control, PATH, "GET", list_keys),
+        route(control, PATH, "POST", create_key),
+        route(control, PATH + "/{id}", "GET", get_key),
+        route(control, PATH + "/{id}", "PUT", update_key),
+        route(control, PATH + "/{id}", "DELETE", delete_key),
+    ]
