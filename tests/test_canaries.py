@@ -149,34 +149,32 @@ def test_uvicorn_server_surface_the_status_listener_uses() -> None:
     assert isinstance(STARTUP_FAILURE, int), "uvicorn.config.STARTUP_FAILURE is gone"
 
 
-def test_aiohttp_internals_the_upstream_exchange_uses() -> None:
-    """keyscope.gateway.upstream writes a buffered request on a pooled connection itself and reads the answer with
-    aiohttp's own parser: TCPConnector.connect(req, traces, timeout), the ResponseHandler's
-    set_response_params/start_timeout/read, the connector's _timeout_ceil_threshold, ClientRequest built as
-    a template, HttpProcessingError and EofStream. pyproject.toml bounds aiohttp below its next minor release."""
-    import aiohttp
-    from aiohttp.client_proto import ResponseHandler
-    from aiohttp.http_exceptions import HttpProcessingError
-    from aiohttp.streams import EofStream
+def test_httptools_response_parser_as_the_upstream_client_reads_it() -> None:
+    """keyscope.gateway.exchange reads answers with httptools' public HttpResponseParser and relies on how llhttp
+    calls it: one on_header per header however the bytes were split, interim (1xx) answers as messages of their
+    own, and should_keep_alive() telling the answer's verdict inside on_message_complete (llhttp forgets the
+    answer's flags once the message is done, so after feed_data it says no)."""
+    seen: list[object] = []
 
-    assert issubclass(HttpProcessingError, Exception), "aiohttp.http_exceptions.HttpProcessingError is gone"
-    assert issubclass(EofStream, Exception), "aiohttp.streams.EofStream is gone"
-    assert list(inspect.signature(aiohttp.TCPConnector.connect).parameters)[1:4] == ["req", "traces", "timeout"], (
-        "aiohttp TCPConnector.connect(req, traces, timeout) changed"
-    )
-    params = inspect.signature(ResponseHandler.set_response_params).parameters
-    for name in ("skip_payload", "read_until_eof", "auto_decompress", "read_timeout", "timeout_ceil_threshold"):
-        assert name in params, f"aiohttp ResponseHandler.set_response_params no longer takes {name}="
-    for name in ("start_timeout", "read"):
-        assert callable(getattr(ResponseHandler, name, None)), f"aiohttp ResponseHandler.{name} is gone"
-    for name in ("loop", "ssl"):
-        assert name in inspect.signature(aiohttp.ClientRequest).parameters, f"aiohttp ClientRequest({name}=) gone"
+    class Probe:
+        def __init__(self) -> None:
+            self.parser = httptools.HttpResponseParser(self)
 
-    async def connector_threshold() -> float:
-        connector = aiohttp.TCPConnector()
-        try:
-            return connector._timeout_ceil_threshold
-        finally:
-            await connector.close()
+        def on_header(self, name: bytes, value: bytes) -> None:
+            seen.append((name, value))
 
-    assert isinstance(asyncio.run(connector_threshold()), (int, float)), "TCPConnector._timeout_ceil_threshold gone"
+        def on_headers_complete(self) -> None:
+            seen.append(self.parser.get_status_code())
+
+        def on_body(self, body: bytes) -> None:
+            seen.append(body)
+
+        def on_message_complete(self) -> None:
+            seen.append(("keep-alive", self.parser.should_keep_alive()))
+
+    probe = Probe()
+    data = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Long: abc\r\n\r\nok"
+    for index in range(len(data)):
+        probe.parser.feed_data(data[index:index + 1])
+    assert seen == [(b"Link", b"</a>"), 103, ("keep-alive", True), (b"Content-Length", b"2"), (b"X-Long", b"abc"),
+                    200, b"o", b"k", ("keep-alive", True)], f"httptools response callbacks changed: {seen}"
