@@ -47,7 +47,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from gateway import procs, pyspy, report, verify  # noqa: E402
-from gateway.fixtures import APP, BODY_SIZE, OTHER_APP, message_body, seed  # noqa: E402
+from gateway.fixtures import APP, BODY_SIZE, OTHER_APP, message_body, seed, seed_limited  # noqa: E402
 from gateway.load import Generator, Request  # noqa: E402
 
 UVICORN = ["--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"]
@@ -82,6 +82,9 @@ ROWS = [
     Row("mw-keyscope", "Starlette app + KeyScopeMiddleware", "mw-keyscope", "post", 200, False),
     Row("ks-w1", "keyscope --workers 1, POST (servers on CPUs 0-1)", "keyscope-w1", "post", 200, True),
     Row("ks-w2", "keyscope --workers 2, POST (servers on CPUs 0-1)", "keyscope-w2", "post", 200, True),
+    Row("ks-limited", "keyscope rate-limited key, local counters, POST 1 KB", "keyscope", "post-limited", 200, True),
+    Row("ks-limited-redis", "keyscope rate-limited key, Redis counters, POST 1 KB", "keyscope-redis",
+        "post-limited", 200, True),
 ]
 WIDE = {"keyscope-w1", "keyscope-w2"}
 """Servers that get both CPUs (with their own backend on both CPUs)."""
@@ -98,10 +101,11 @@ class Bench:
         self.notes: list[str] = [self.placement.note]
         self.store_url = f"sqlite:///{(run_dir / 'keyscope.db').resolve()}"
         linked, primary = asyncio.run(seed(self.store_url))
-        self.requests = self._requests(linked, primary)
+        limited = asyncio.run(seed_limited(self.store_url))
+        self.requests = self._requests(linked, primary, limited)
         self.keyscope_module = _keyscope_entry()
 
-    def _requests(self, linked: str, primary: str) -> dict[str, Request]:
+    def _requests(self, linked: str, primary: str, limited: str) -> dict[str, Request]:
         bodies = {}
         for name, application in (("post", APP), ("post-refused", OTHER_APP)):
             path = self.run_dir / f"body-{name}.json"
@@ -111,6 +115,8 @@ class Bench:
         return {
             "post": Request("POST", "/sms/2/text/advanced", (json_type, ("Authorization", f"App {linked}")),
                             bodies["post"]),
+            "post-limited": Request("POST", "/sms/2/text/advanced",
+                                    (json_type, ("Authorization", f"App {limited}")), bodies["post"]),
             "post-refused": Request("POST", "/sms/2/text/advanced",
                                     (json_type, ("Authorization", f"App {linked}")), bodies["post-refused"]),
             "get-linked": Request("GET", f"/sms/1/logs?applicationId={APP}", (("Authorization", f"App {linked}"),)),
@@ -161,15 +167,16 @@ class Bench:
             server = self._nginx(backend.port)
         else:
             workers = 2 if name == "keyscope-w2" else 1
-            server = self._keyscope(name, upstream, workers, prefix)
+            redis = ("--rate-limit-store", self.args.redis) if name == "keyscope-redis" else ()
+            server = self._keyscope(name, upstream, workers, prefix, *redis)
         self.servers[name] = server
         return server
 
-    def _keyscope(self, name: str, upstream: str, workers: int, prefix: tuple[str, ...]) -> procs.Server:
+    def _keyscope(self, name: str, upstream: str, workers: int, prefix: tuple[str, ...], *extra: str) -> procs.Server:
         port = procs.free_port()
         command = [sys.executable, "-m", self.keyscope_module, "serve", "--upstream", upstream,
                    "--store", self.store_url, "--host", procs.HOST, "--port", str(port), "--workers", str(workers),
-                   *self.args.keyscope_arg]
+                   *extra, *self.args.keyscope_arg]
         env = {**_clean_env(), "KEYSCOPE_ADMIN_TOKEN": secrets.token_urlsafe(24)}
         return procs.start(name, command, prefix=prefix, port=port, log=self.run_dir / f"{name}.log", env=env)
 
@@ -296,6 +303,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run (default 10)")
     parser.add_argument("--connections", type=int, default=64, help="concurrent connections (default 64)")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/15", metavar="URL",
+                        help="the Redis of the ks-limited-redis row (default redis://127.0.0.1:6379/15)")
     parser.add_argument("--runs", type=int, default=2, help="measured runs per row (default 2)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load first (default 2)")
     parser.add_argument("--only", default="", help="comma-separated row ids: " + ",".join(r.id for r in ROWS))

@@ -155,6 +155,9 @@ async def test_ids_use_the_whole_unreserved_alphabet_and_are_case_sensitive(env:
         (b'{"applicationId": "\xff"}', {"Content-Type": "application/json"}, 400),
         (b'["applicationId"]', {"Content-Type": "application/json"}, 400),
         (b"[" * 100_00 + b"]" * 100_00, {"Content-Type": "application/json"}, 400),
+        (b'{"applicationId": "x", "applicationName": "\\ud800"}', {"Content-Type": "application/json"}, 400),
+        (b'{"applicationId": "x", "\\udc00": 1}', {"Content-Type": "application/json"}, 400),
+        (b'{"applicationId": "x", "applicationName": ' + b"1" * 4301 + b"}", {"Content-Type": "application/json"}, 400),
     ],
 )
 async def test_bad_bodies_are_refused_and_nothing_is_written(
@@ -165,6 +168,37 @@ async def test_bad_bodies_are_refused_and_nothing_is_written(
     if status == 400:
         assert legacy_errors(refused)
     assert (await env.client.get(APPS)).json()["paging"]["totalResults"] == 1
+    assert env.changes == []
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "field_name"),
+    [
+        (APPS, b'{"applicationId": "x", "applicationName": "\\ud800"}', "applicationName"),
+        (ENTITIES, b'{"entityId": "x", "entityName": "a\\udfffb"}', "entityName"),
+        (ASSOCIATIONS, b'{"resourceType": "NUMBER", "channel": "SMS", "applicationId": "default",'
+                       b' "resourceId": "\\ud83d"}', "resourceId"),
+        (KEYS, b'{"name": "k", "platform": [{"applicationId": "default"}], "allowedIPs": ["\\ud800"]}',
+         "allowedIPs[0]"),
+        (KEYS, b'{"name": "\\ud800", "platform": []}', "name"),
+        (APPS, b'{"applicationId": "x", "applicationName": ' + b"9" * 5000 + b"}", "body"),
+        (KEYS, b'{"name": "k", "platform": [], "validTo": -' + b"1" * 4301 + b"}", "body"),
+    ],
+)
+async def test_lone_surrogates_and_endless_integers_are_400_in_the_family(
+    env: Env, path: str, raw: bytes, field_name: str
+) -> None:
+    """A lone surrogate (`\\ud800` decodes to one) is no text: the store cannot hold it, nor an answer name it.
+    An integer past Python's 4300 digits makes its decoder raise ValueError. Both are the client's malformed
+    body: 400 naming the field (or `body`), never a 500, and nothing written."""
+    refused = await env.client.post(path, content=raw, headers={"Content-Type": "application/json"})
+    assert refused.status_code == 400, refused.text
+    if path == KEYS:
+        assert violations(refused) == [field_name]
+    else:
+        assert list(legacy_errors(refused)) == [field_name]
+    assert (await env.client.get(APPS)).json()["paging"]["totalResults"] == 1
+    assert (await env.client.get(KEYS)).json()["paging"]["totalCount"] == 0
     assert env.changes == []
 
 

@@ -178,3 +178,17 @@ def test_httptools_response_parser_as_the_upstream_client_reads_it() -> None:
         probe.parser.feed_data(data[index:index + 1])
     assert seen == [(b"Link", b"</a>"), 103, ("keep-alive", True), (b"Content-Length", b"2"), (b"X-Long", b"abc"),
                     200, b"o", b"k", ("keep-alive", True)], f"httptools response callbacks changed: {seen}"
+
+
+def test_prometheus_client_histogram_internals_the_metrics_batch_writes() -> None:
+    """keyscope.observe.metrics, under --workers N, keeps counts in plain numbers and writes them once a second
+    into a Histogram's `_upper_bounds` (its bucket bounds, +Inf last), `_buckets` (one value per bucket, not
+    cumulative, each with `inc`) and `_sum` (`inc`). tests/test_metrics.py checks the result equals observe()."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    histogram = Histogram("canary_seconds", "c", buckets=(0.1, 1.0), registry=CollectorRegistry())
+    for name in ("_upper_bounds", "_buckets", "_sum"):
+        assert hasattr(histogram, name), f"prometheus_client.Histogram.{name} is gone: keyscope.observe.metrics"
+    assert list(histogram._upper_bounds) == [0.1, 1.0, float("inf")], "Histogram._upper_bounds changed shape"
+    assert len(histogram._buckets) == 3 and all(hasattr(b, "inc") for b in histogram._buckets), "Histogram._buckets"
+    assert hasattr(histogram._sum, "inc"), "Histogram._sum has no inc()"

@@ -86,7 +86,7 @@ def test_bad_settings_are_one_clear_error(
 
 
 def test_admin_listen_defaults_to_loopback() -> None:
-    from keyscope.core.settings import listen_address
+    from keyscope.core.settings_option import listen_address
 
     assert listen_address("8081") == ("127.0.0.1", 8081)
     assert listen_address("0.0.0.0:8081") == ("0.0.0.0", 8081)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_helpers import Echo, Gateway, Key, free_port, request_bytes
+from gateway_helpers import ADMIN_TOKEN, Echo, Gateway, Key, free_port, request_bytes
 
 from keyscope.core.settings import ConfigError, load
 from keyscope.store.sqlite import SQLiteStore
@@ -163,6 +163,45 @@ def test_without_a_drain_sigterm_stops_at_once(echo: Echo, tmp_path: Path) -> No
         assert gateway.process.returncode == 0, gateway.error_log.read_text()[-2000:]
     finally:
         status.close()
+        gateway.stop()
+
+
+def test_status_and_admin_listen_beside_workers(echo: Echo, tmp_path: Path) -> None:
+    """The web interface in the supervising process, the status listener in each worker, as each runs alone."""
+    tmp = tmp_path / "tmp"  # the metrics directory of --workers N goes there
+    tmp.mkdir()
+    port, web_port = free_port(), free_port()
+    gateway = Gateway.start(echo.url, tmp_path, "--workers", "2", "--status-listen", f"127.0.0.1:{port}",
+                            "--admin-listen", f"127.0.0.1:{web_port}", "--drain-seconds", "0",
+                            env={"TMPDIR": str(tmp)})
+    status = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    web = httpx.Client(base_url=f"http://127.0.0.1:{web_port}", timeout=10)
+    try:
+        wait_for(lambda: gateway.error_log.read_text().count("Status on http://") == 2, "both workers' listeners",
+                 timeout=30)
+        assert "Web interface on http://127.0.0.1:" in gateway.error_log.read_text()
+        for _ in range(6):  # new connections: the kernel spreads them over the workers
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as probe:
+                ready = probe.get("/readyz")
+                assert ready.status_code == 200, ready.text
+        assert web.post("/signin", data={"token": ADMIN_TOKEN}).status_code == 303
+        assert web.get("/applications").status_code == 200
+        assert web.get("/readyz").status_code == 404  # each listener serves its own
+        assert status.get("/applications").status_code == 404
+        for _ in range(5):
+            assert gateway.raw(request_bytes("GET", LOGS, None)).status == 401
+
+        def counted() -> float:  # each worker writes its counts once a second, and before a scrape it answers
+            return sum(float(line.rsplit(" ", 1)[1]) for line in status.get("/metrics").text.splitlines()
+                       if line.startswith('keyscope_requests_total{decision="refused"'))
+
+        wait_for(lambda: counted() == 5, "the 5 requests to be counted", timeout=3)  # the interface's are not
+        gateway.process.send_signal(signal.SIGTERM)
+        assert gateway.process.wait(timeout=20) == 0, gateway.error_log.read_text()[-2000:]
+        assert list(tmp.glob("keyscope-metrics-*")) == []
+    finally:
+        status.close()
+        web.close()
         gateway.stop()
 
 

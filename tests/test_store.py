@@ -34,6 +34,7 @@ from keyscope.store import (
     StoreUnavailable,
     store_from_url,
 )
+from keyscope.store.migrations import MIGRATIONS
 from keyscope.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
@@ -588,7 +589,8 @@ def test_processes_opening_a_fresh_file_at_once_migrate_once(tmp_path: Path) -> 
     assert [proc.returncode for proc in procs] == [0] * 4, outputs
     assert sorted(out.strip() for out, _ in outputs) == ["conflict"] * 3 + ["created"]
     with closing(sqlite3.connect(tmp_path / "shared.db")) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        versions = [(migration.version,) for migration in MIGRATIONS]
+        assert conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == versions
         assert conn.execute("SELECT COUNT(*) FROM applications").fetchone() == (2,)
 
 
@@ -616,7 +618,7 @@ async def test_reopening_does_not_rerun_migrations(sqlite_url: str) -> None:
     await store.close()
     path = sqlite_path(sqlite_url)
     applied = _schema_versions(path)
-    assert [version for version, _ in applied] == [1]
+    assert [version for version, _ in applied] == [migration.version for migration in MIGRATIONS]
     await store.open()
     await store.close()
     assert _schema_versions(path) == applied

@@ -6,6 +6,7 @@ Every write is checked in the store afterwards, and every refusal is checked to 
 from __future__ import annotations
 
 import os
+import json
 import re
 import socket
 import subprocess
@@ -499,6 +500,10 @@ def test_serve_runs_the_interface_on_its_own_listener(tmp_path: Path) -> None:
     finally:
         gateway.stop()
         echo.stop()
+    # the interface's own uvicorn does not take over logging: every stderr line is still keyscope's JSON
+    lines = [line for line in gateway.error_log.read_text().splitlines() if line.strip()]
+    assert any("Web interface on" in line for line in lines)
+    assert all(json.loads(line)["logger"] for line in lines), lines
 
 
 def test_serve_stops_when_the_admin_listener_is_taken(tmp_path: Path) -> None:

@@ -47,6 +47,13 @@ def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
          mw - 1 if mw is not None else None, "< 15%", lambda v: v < 0.15),
         ("--workers 2 req/s / --workers 1 req/s", ("ks-w2", "ks-w1"),
          ratio(value("ks-w2", "rps"), value("ks-w1", "rps")), "> 1", lambda v: v > 1),
+        ("rate-limited key, local counters: CPU/req / unlimited POST CPU/req (issue 15)", ("ks-limited", "ks-post"),
+         ratio(value("ks-limited", "server_cpu_us"), value("ks-post", "server_cpu_us")), "<= 1.05",
+         lambda v: v <= 1.05),
+        ("rate-limited key, Redis counters: CPU/req / unlimited POST CPU/req (issue 15)",
+         ("ks-limited-redis", "ks-post"),
+         ratio(value("ks-limited-redis", "server_cpu_us"), value("ks-post", "server_cpu_us")), "<= 1.40",
+         lambda v: v <= 1.40),
     ]
     return [
         {"target": name, "rows": list(pair), "value": v, "goal": goal, "met": None if v is None else bool(test(v))}

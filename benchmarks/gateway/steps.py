@@ -4,7 +4,11 @@ No sockets, so none of the network and server costs that dominate the load bench
 shows here plainly. Each figure is process CPU time over many calls, the median of several rounds; other load
 on the machine still moves it (caches, frequency), so compare figures taken back to back.
 
-    .venv/bin/python benchmarks/gateway/steps.py [--calls 20000] [--rounds 5] [--cprofile refusal]
+    .venv/bin/python benchmarks/gateway/steps.py [--calls 20000] [--rounds 5] [--only steps] [--cprofile refusal]
+
+Instruction counts are steadier than CPU time on a shared machine: run one row under valgrind at two call
+counts and take the difference (`valgrind --tool=callgrind ... steps.py --only "steps 2-5: Checks.admit, linked
+POST" --calls 300 --rounds 1`, then `--calls 900`: (I900 - I300) / 600 instructions per call).
 
 Measured, on the 1 KB POST of the load benchmark unless said otherwise:
     step 1     Checks.target (canonical target)
@@ -105,7 +109,9 @@ async def per_call(step: Callable[[], Awaitable[object]], calls: int, rounds: in
     return statistics.median(results)
 
 
-async def measure(store_url: str, calls: int, rounds: int, cprofile: str) -> list[tuple[str, float | str]]:
+async def measure(
+    store_url: str, calls: int, rounds: int, cprofile: str, only: str = ""
+) -> list[tuple[str, float | str]]:
     linked, primary = await seed(store_url)
     post = message_body(APP)
     refused = message_body(OTHER_APP)
@@ -195,7 +201,7 @@ async def measure(store_url: str, calls: int, rounds: int, cprofile: str) -> lis
         ]
         if cprofile:
             return [(name, await profiled(step, calls)) for name, step in steps if name.startswith(cprofile)]
-        return [(name, await per_call(step, calls, rounds)) for name, step in steps]
+        return [(name, await per_call(step, calls, rounds)) for name, step in steps if name.startswith(only)]
     finally:
         accesslog.disable()
         devnull.close()
@@ -210,12 +216,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cprofile", default="", metavar="STEP",
                         help="instead of timing, cProfile the steps whose name starts with STEP, e.g. refusal")
+    parser.add_argument("--only", default="", metavar="STEP", help="time only the steps whose name starts with STEP")
     args = parser.parse_args()
     if not 1 <= args.calls <= 1_000_000 or not 1 <= args.rounds <= 50:
         parser.error("--calls must be 1..1,000,000 and --rounds 1..50")
     with tempfile.TemporaryDirectory() as directory:
         url = f"sqlite:///{Path(directory) / 'keyscope.db'}"
-        results = asyncio.run(measure(url, args.calls, args.rounds, args.cprofile))
+        results = asyncio.run(measure(url, args.calls, args.rounds, args.cprofile, args.only))
     if args.cprofile:
         if not results:
             parser.error(f"no step starts with {args.cprofile!r}")

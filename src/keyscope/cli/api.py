@@ -8,6 +8,7 @@ only difference. An answer outside 2xx raises `Refused`, carrying what its body 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,13 +45,27 @@ Transport = Callable[[str, str, Any, dict[str, str]], Awaitable[tuple[int, bytes
 
 
 def in_process(app: ASGIApp, token: str) -> Transport:
-    """The admin app, called in-process as admin with a token made for this one run."""
+    """The admin app, called in-process as admin with a token made for this one run; the audit trail names
+    the caller `cli:<OS user>` (`principal()`)."""
+    who = principal()
 
     async def transport(method: str, path: str, body: Any, query: dict[str, str]) -> tuple[int, bytes]:
-        status, _, raw = await admin.call(app, method, path, body, query, token)
+        status, _, raw = await admin.call(app, method, path, body, query, token, principal=who)
         return status, raw
 
     return transport
+
+
+def principal() -> str:
+    """`cli:<login name>` as the OS tells it (`getpass.getuser`: $LOGNAME, $USER, ... or the password
+    database), `cli` when it cannot. Whoever runs the in-process CLI can open the store anyway: this says
+    who ran it, it proves nothing."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError, ImportError):  # no such variable, no password entry (a bare container), no pwd
+        return "cli"
+    user = "".join(char for char in user if char.isprintable() and not char.isspace())[:64]
+    return f"cli:{user}" if user else "cli"
 
 
 def _decode(raw: bytes) -> Any:

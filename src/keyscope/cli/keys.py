@@ -1,7 +1,8 @@
 """`keyscope keys`: create (printing the secret once), list, show, update, revoke, enable and delete API keys.
 
 A key is named by its id, its name, or 8+ leading characters of its id; its links are spelled
-APP[:ENTITY][:ACTION] (`--link`), as `keys list` shows them.
+APP[:ENTITY][:ACTION] (`--link`), as `keys list` shows them; its rate limits REQUESTS/PERIOD (`--rate-limit
+100/s`, repeatable), and `--no-enforce` makes it a shadow key.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from typing import Any
 from keyscope.cli.api import Api, Refused, worded
 from keyscope.cli.errors import Failed, UsageError, refused_fields
 from keyscope.cli.output import SECRET_FIELD, emit, links, paging_line, record, spell_link, table, text
+from keyscope.core import ratelimits
 
 KEYS = "/settings/2/api-keys"
 ACTIONS = ("FILL", "FORCE")
 KEY_PREFIX_MIN = 8
 """A key may be named by this many leading characters of its id, or more."""
-KEY_FLAGS = {"name": "--name", "allowedIPs": "--allowed-ip", "validFrom": "--valid-from", "validTo": "--valid-to"}
+KEY_FLAGS = {"name": "--name", "allowedIPs": "--allowed-ip", "validFrom": "--valid-from", "validTo": "--valid-to",
+             "rateLimits": "--rate-limit", "enforce": "--no-enforce"}
 KEY_HEADERS = ("ID", "NAME", "PREFIX", "ENABLED", "VALID TO", "LINKS")
 
 
@@ -38,6 +41,14 @@ def parse_link(spelled: str) -> dict[str, str | None]:
     if action is not None:
         entry["action"] = action
     return entry
+
+
+def rate_limit(value: str) -> dict[str, Any]:
+    """`--rate-limit 100/s` (`/second`, `/min`, `/hour`, `/d`, ...) as the API's `{"requests", "per"}`."""
+    try:
+        return ratelimits.parse(value).to_doc()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def action_choice(value: str) -> str:
@@ -109,8 +120,15 @@ def update_body(args: argparse.Namespace) -> dict[str, Any]:
         body["platform"] = []
     elif args.link is not None:
         body["platform"] = args.link
+    if args.no_rate_limits:
+        body["rateLimits"] = []
+    elif args.rate_limit:
+        body["rateLimits"] = args.rate_limit
+    if args.enforce is not None:
+        body["enforce"] = args.enforce
     if not body:
-        raise UsageError("nothing to change: give --name, --valid-from, --valid-to, --allowed-ip, --link or --primary")
+        raise UsageError("nothing to change: give --name, --valid-from, --valid-to, --allowed-ip, --link, --primary, "
+                         "--rate-limit, --no-rate-limits, --enforce or --no-enforce")
     return body
 
 
@@ -179,6 +197,10 @@ async def key_create(api: Api, args: argparse.Namespace) -> None:
     platform, given = create_links(args)
     if platform:
         body["platform"] = platform
+    if args.rate_limit:
+        body["rateLimits"] = args.rate_limit
+    if args.no_enforce:
+        body["enforce"] = False
     key = await worded(api("POST", KEYS, body=body), {}, {**KEY_FLAGS, **link_flags(given)})
     human = (
         f"created key {key.get('id')}\n{record(key)}\n\n"

@@ -26,6 +26,7 @@ from keyscope.cli.keys import (
     key_show,
     key_update,
     parse_link,
+    rate_limit,
     update_body,
 )
 from keyscope.cli.records import APPS, ENTITIES, kind_commands
@@ -39,6 +40,9 @@ URL_HELP = (
     "not with --store (apps, entities, associations and keys only: init, explain and serve run locally)"
 )
 TOKEN_HELP = "the gateway's admin token, with --url ('-' reads it from stdin)"
+RATE_HELP = "a rate limit REQUESTS/PERIOD, the period s, m, h or d (or second, minute, hour, day): 100/s (repeatable)"
+NO_ENFORCE_HELP = ("shadow key: what the allowlist, scope, existence or a rate limit would refuse is forwarded "
+                   "and logged as shadow")
 KEY_ID_HELP = f"the key's id, its name, or {KEY_PREFIX_MIN}+ leading characters of its id (a shared name is an error)"
 
 
@@ -95,6 +99,12 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         sub = leaf(commands, "create", handlers["create"], f"create an {kind.noun}")
         sub.add_argument("id", metavar="ID")
         sub.add_argument("--name", help=f"the {kind.noun}'s name")
+        if kind is APPS:
+            sub.add_argument("--rate-limit", metavar="N/PERIOD", type=rate_limit, action="append", help=RATE_HELP)
+            sub = leaf(commands, "limit", handlers["limit"], "set the rate limits every key linked to the "
+                       "application spends from together (none given: remove them)")
+            sub.add_argument("id", metavar="ID")
+            sub.add_argument("--rate-limit", metavar="N/PERIOD", type=rate_limit, action="append", help=RATE_HELP)
         paging(leaf(commands, "list", handlers["list"], f"list {plural}"))
         leaf(commands, "show", handlers["show"], f"show an {kind.noun}").add_argument("id", metavar="ID")
         sub = leaf(commands, "rename", handlers["rename"], f"rename an {kind.noun} (ids never change)")
@@ -169,6 +179,8 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         help="a primary key, with no links: it may call every endpoint (required when no link is given)",
     )
     validity(sub)
+    sub.add_argument("--rate-limit", metavar="N/PERIOD", type=rate_limit, action="append", help=RATE_HELP)
+    sub.add_argument("--no-enforce", action="store_true", help=NO_ENFORCE_HELP)
     sub.set_defaults(check=create_links)
     sub = leaf(commands, "list", key_list, "list keys (never their secrets)")
     sub.add_argument("--name", help="only keys with this name")
@@ -181,6 +193,12 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     sub.add_argument("--name")
     validity(sub)
     relinking(sub)
+    limits = sub.add_mutually_exclusive_group()
+    limits.add_argument("--rate-limit", metavar="N/PERIOD", type=rate_limit, action="append",
+                        help=RATE_HELP + "; replaces all")
+    limits.add_argument("--no-rate-limits", action="store_true", help="remove the key's rate limits")
+    sub.add_argument("--enforce", action=argparse.BooleanOptionalAction, default=None,
+                     help="--no-enforce: " + NO_ENFORCE_HELP + "; --enforce: refuse them again")
     sub.set_defaults(check=update_body)
     leaf(commands, "revoke", key_revoke, "disable a key").add_argument("id", metavar="KEY", help=KEY_ID_HELP)
     sub = leaf(commands, "enable", key_enable, "enable a revoked key again")
@@ -209,6 +227,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     sub.set_defaults(run=run_explain, parser=sub)
 
     add_serve(groups, argv)
+    add_authorize(groups, argv)
     return parser
 
 
@@ -222,3 +241,16 @@ def add_serve(groups: argparse._SubParsersAction, argv: Sequence[str]) -> None:
         add_parser(groups)
     else:
         groups.add_parser("serve", help="run the gateway (keyscope serve --help for its options)")
+
+
+def add_authorize(groups: argparse._SubParsersAction, argv: Sequence[str]) -> None:
+    """`authorize`: serve's options, answering Envoy's or nginx's authorization checks (keyscope.serve.server)."""
+    if importlib.util.find_spec("keyscope.serve.server") is None:
+        return
+    if "authorize" in argv:
+        from keyscope.serve.server import add_authorize_parser
+
+        add_authorize_parser(groups)
+    else:
+        groups.add_parser("authorize", help="answer Envoy ext_authz or nginx auth_request checks "
+                          "(keyscope authorize --help for its options)")

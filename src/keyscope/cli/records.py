@@ -1,5 +1,6 @@
 """`keyscope apps` and `keyscope entities`: applications and entities are the same resource under two names,
-so both groups are one set of commands made for a `Kind`."""
+so both groups are one set of commands made for a `Kind`. Applications also have rate limits (`apps create
+--rate-limit 100/s`, `apps limit ID --rate-limit ...`), which every key linked to one spends from together."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def kind_commands(kind: Kind) -> dict[str, Command]:
         body = {kind.id_field: args.id}
         if args.name is not None:
             body[kind.name_field] = args.name
+        if getattr(args, "rate_limit", None):
+            body["rateLimits"] = args.rate_limit
         exists = f"An {kind.noun} with the id {args.id!r} already exists."
         await worded(api("POST", kind.path, body=body), {409: exists}, {kind.name_field: "--name"})
         created = await api("GET", item_path(args.id))
@@ -52,6 +55,14 @@ def kind_commands(kind: Kind) -> dict[str, Command]:
         obj = await api("GET", item_path(args.id))
         emit(args, obj, f"renamed {kind.noun} {args.id}\n{record(obj)}")
 
+    async def limit(api: Api, args: argparse.Namespace) -> None:
+        """Replace the rate limits (none given: remove them); the name is sent back as it is, since a PUT sets it."""
+        current = await api("GET", item_path(args.id))
+        body = {kind.name_field: current.get(kind.name_field), "rateLimits": args.rate_limit or []}
+        await worded(api("PUT", item_path(args.id), body=body), {}, {"rateLimits": "--rate-limit"})
+        obj = await api("GET", item_path(args.id))
+        emit(args, obj, f"{'limited' if args.rate_limit else 'unlimited'} {kind.noun} {args.id}\n{record(obj)}")
+
     async def delete(api: Api, args: argparse.Namespace) -> None:
         report = await api("DELETE", item_path(args.id))
         human = f"deleted {kind.noun} {args.id}"
@@ -59,4 +70,4 @@ def kind_commands(kind: Kind) -> dict[str, Command]:
             human += "; the cascade removed:\n" + record(report)
         emit(args, report, human)
 
-    return {"create": create, "list": list_, "show": show, "rename": rename, "delete": delete}
+    return {"create": create, "list": list_, "show": show, "rename": rename, "delete": delete, "limit": limit}

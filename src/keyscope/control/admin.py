@@ -28,6 +28,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Router
 
 from keyscope.control import applications, associations, entities, keys
+from keyscope.control import audit as _audit
 from keyscope.control.bodies import MAX_BODY
 from keyscope.control.fields import ValidationError
 from keyscope.control.handling import Answer, Control
@@ -61,6 +62,7 @@ class AdminApp:
             *entities.routes(self.control),
             *associations.routes(self.control),
             *keys.routes(self.control),
+            *_audit.routes(self.control),
         ]
         self.router = Router(routes, redirect_slashes=False, default=_no_such_path)
 
@@ -85,11 +87,12 @@ class AdminApp:
         if scope["type"] != "http":
             return
         path: str = scope["path"]
-        keys_path = path.lower().startswith("/settings/")  # in any case: a gateway may route /SETTINGS/ here too
+        lowered = path.lower()
+        keys_path = lowered.startswith("/settings/")  # in any case: a gateway may route /SETTINGS/ here too
         family: Family = "api-error" if keys_path else "legacy"
         try:
-            await self._check_caller(scope, keys=keys_path)
-            await self.router(_routed(scope), receive, send)
+            principal = await self._check_caller(scope, keys=keys_path, audit=lowered.startswith(_audit.PREFIX))
+            await self.router(_routed(scope, principal), receive, send)
         except ClientDisconnect:
             return
         except Refusal as refusal:
@@ -100,25 +103,30 @@ class AdminApp:
             log.warning("store unavailable during %s %s", scope["method"], path)
             await Answer(503, body(503, family))(scope, receive, send)
 
-    async def _check_caller(self, scope: Scope, *, keys: bool) -> None:
+    async def _check_caller(self, scope: Scope, *, keys: bool, audit: bool = False) -> str:
+        """The principal, as the audit trail names it: `admin` for the admin token (or whom an in-process
+        caller with it names, `audit.principal_for_admin`), the key's id for a primary key."""
         scheme, credentials = split_credentials(authorization_header(scope))
         if scheme == b"bearer":
             if self._admin_token is None or not hmac.compare_digest(credentials, self._admin_token):
                 raise Refusal(401, reason="bad_admin_token", step="auth", detail="wrong admin token")
-            return
+            return _audit.principal_for_admin(scope)
         key = await self.control.authenticator.authenticate(scope)
         if keys:
             raise Refusal(403, reason="key_management_needs_admin", step="auth", detail="API keys cannot manage keys")
+        if audit:
+            raise Refusal(403, reason="audit_needs_admin", step="auth", detail="API keys cannot read the audit trail")
         if not key.is_primary:
             raise Refusal(403, reason="linked_key", step="auth", detail="linked keys cannot call management APIs")
+        return key.id
 
 
-def _routed(scope: Scope) -> Scope:
+def _routed(scope: Scope, principal: str) -> Scope:
     """The scope the router sees: a copy, since Starlette writes its route and path parameters into it and the
     caller's scope (the gateway's, logged after) stays as it was. Routes match the whole path, as the gateway's
     `is_management` did (no root_path taken off), and no exception handler of an enclosing Starlette app may
-    answer a refusal in place of this app."""
-    routed = {**scope, "root_path": ""}
+    answer a refusal in place of this app. It carries the principal for the audit trail."""
+    routed = {**scope, "root_path": "", _audit.PRINCIPAL: principal}
     routed.pop("starlette.exception_handlers", None)
     return routed
 
@@ -140,8 +148,12 @@ async def call(
     body: Any = None,
     query: Mapping[str, str] | None = None,
     token: str | None = None,
+    principal: str | None = None,
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Run one request through the app in-process: (status, headers, body). `body` is encoded as JSON."""
+    """Run one request through the app in-process: (status, headers, body). `body` is encoded as JSON.
+
+    `principal` names the caller in the audit trail in place of `admin` when `token` is the admin token (the
+    CLI's `cli:<user>`, the web interface's `web:<sign-in>`); only an in-process caller can say so."""
     headers: list[tuple[bytes, bytes]] = []
     if token is not None:
         headers.append((b"authorization", b"Bearer " + token.encode()))
@@ -163,6 +175,8 @@ async def call(
         "client": None,
         "server": None,
     }
+    if principal is not None:
+        scope[_audit.ON_BEHALF_OF] = principal
     sent = False
     response: dict[str, Any] = {"status": 500, "headers": [], "body": b""}
 

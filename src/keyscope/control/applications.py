@@ -1,7 +1,8 @@
 """`/provisioning/1/applications`: list, create, read, rename and delete applications.
 
 Deleting one cascades (its associations, the key entries naming it, keys left with none are disabled), so it
-invalidates cached keys; the other writes change no key and only tell the gateway its id caches are stale.
+invalidates cached keys, and so does a change of its `rateLimits` (key records carry their applications'
+limits); the other writes change no key and only tell the gateway its id caches are stale.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keyscope.control import render, schema
+from keyscope.control.audit import announce, begin
 from keyscope.control.bodies import query, read_json
 from keyscope.control.handling import Control, reply, route, stored
+from keyscope.core.ratelimits import to_doc
 
 PATH = "/provisioning/1/applications"
 DEFAULT_SIZE = 20
@@ -28,7 +31,10 @@ async def list_applications(control: Control, request: Request) -> Response:
 
 async def create_application(control: Control, request: Request) -> Response:
     app = schema.parse_application(await read_json(request))
-    await stored(control.store.create_application(app))
+    audit = begin(request, "application.create", "application", app.application_id,
+                  applicationName=app.application_name)
+    await stored(control.store.create_application(app, audit=audit))
+    announce(audit)
     await control.changed(keys=False)
     return reply(201)
 
@@ -40,14 +46,24 @@ async def get_application(control: Control, request: Request) -> Response:
 
 async def rename_application(control: Control, request: Request) -> Response:
     application_id = request.path_params["id"]
-    name = schema.parse_application_update(await read_json(request), application_id)
-    await stored(control.store.rename_application(application_id, name))
-    await control.changed(keys=False)
+    doc = await read_json(request)
+    name = schema.parse_application_update(doc, application_id)
+    limits = schema.parse_application_limits(doc)  # None: left out, kept as they are
+    more = {} if limits is None else {"rateLimits": to_doc(limits)}
+    audit = begin(request, "application.update", "application", application_id, applicationName=name, **more)
+    await stored(control.store.rename_application(application_id, name, audit=audit))
+    if limits is not None:
+        await stored(control.store.set_application_rate_limits(application_id, limits))
+    announce(audit)
+    await control.changed(keys=limits is not None)
     return reply(204)
 
 
 async def delete_application(control: Control, request: Request) -> Response:
-    report = await stored(control.store.delete_application(request.path_params["id"]))
+    application_id = request.path_params["id"]
+    audit = begin(request, "application.delete", "application", application_id)
+    report = await stored(control.store.delete_application(application_id, audit=audit))
+    announce(audit)
     await control.changed()
     return reply(200, render.render_cascade(report))
 

@@ -13,8 +13,11 @@ from starlette.routing import Route
 
 from keyscope.control import render, schema
 from keyscope.control.applications import DEFAULT_SIZE, MAX_SIZE, PAGING
+from keyscope.control.audit import announce, begin
 from keyscope.control.bodies import query, read_json
 from keyscope.control.handling import Control, reply, route, stored
+from keyscope.core.models import Association
+from keyscope.store.audit import Audit
 
 PATH = "/provisioning/1/associations"
 FIELDS = frozenset({"resourceType", "channel", "applicationId", "entityId", "resourceId"})
@@ -39,16 +42,27 @@ async def get_association(control: Control, request: Request) -> Response:
 
 async def create_association(control: Control, request: Request) -> Response:
     association = schema.parse_association(await read_json(request))
-    await stored(control.store.create_association(association), missing_status=404)
+    audit = _audit(request, "association.create", association)
+    await stored(control.store.create_association(association, audit=audit), missing_status=404)
+    announce(audit)
     await control.changed(keys=False)
     return reply(201)
 
 
 async def delete_association(control: Control, request: Request) -> Response:
     association = schema.parse_association(await read_json(request))
-    await stored(control.store.delete_association(association))
+    audit = _audit(request, "association.delete", association)
+    await stored(control.store.delete_association(association, audit=audit))
+    announce(audit)
     await control.changed(keys=False)
     return reply(204)
+
+
+def _audit(request: Request, action: str, association: Association) -> Audit:
+    """An association's record names its application and its entity; details are the association itself."""
+    audit = begin(request, action, "application", association.application_id, **render.render_association(association))
+    audit.name("entity", association.entity_id)
+    return audit
 
 
 def routes(control: Control) -> list[Route]:

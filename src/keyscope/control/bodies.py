@@ -11,6 +11,7 @@ rule is a ValidationError naming `body` (or the repeated member), as the managem
 from __future__ import annotations
 
 import json
+import re
 from contextlib import aclosing
 from typing import Any
 from urllib.parse import parse_qsl
@@ -60,15 +61,49 @@ async def read_body(request: Request) -> bytes:
 
 
 def parse_json(raw: bytes) -> Any:
-    """Strict JSON (UTF-8 without BOM, no duplicate names, no NaN/Infinity); anything else names `body`."""
+    """Strict JSON (UTF-8 without BOM, no duplicate names, no NaN/Infinity); anything else names `body`.
+
+    Two things Python's decoder reads but nothing downstream can hold are refused here too: a `\\ud800`
+    escape decodes to a lone surrogate, which is no text (UTF-8 cannot encode it, so neither the store nor an
+    answer naming it can), refused naming the member that holds it; and an integer past Python's digit
+    limit (4300) raises ValueError, refused as a malformed body."""
     try:
-        return jsonstrict.loads(raw)
+        doc = jsonstrict.loads(raw)
     except StrictJSONError as broken:
         raise _invalid(broken) from None
     except json.JSONDecodeError as exc:
         raise ValidationError("body", f"is not valid JSON ({exc.msg} at position {exc.pos})") from None
     except RecursionError:
         raise ValidationError("body", "is nested too deeply") from None
+    except ValueError:  # int("1" * 5000): past sys.get_int_max_str_digits()
+        raise ValidationError("body", "holds a number too long to read") from None
+    where = _surrogate_in(doc, "")
+    if where is not None:
+        raise ValidationError(where or "body", "must not contain a lone surrogate (\\ud800-\\udfff)")
+    return doc
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _surrogate_in(doc: Any, where: str) -> str | None:
+    """Where the first lone surrogate is: the member's name as a client spells it (`platform[0].name`), or ""
+    (the body) when a member's own name holds one; None when there is none. A loop, not a recursion: the
+    decoder may nest as deep as the stack allows, and a walk on top of it must not run out."""
+    pending: list[tuple[Any, str]] = [(doc, where)]
+    while pending:
+        value, where = pending.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return where if len(where) <= 255 else ""  # a name as long as a field may be, or the body
+        elif isinstance(value, list):
+            pending.extend((item, f"{where}[{index}]") for index, item in reversed(list(enumerate(value))))
+        elif isinstance(value, dict):
+            for name in value:
+                if _SURROGATE.search(name):
+                    return ""
+            pending.extend((item, f"{where}.{name}" if where else name) for name, item in reversed(value.items()))
+    return None
 
 
 def _invalid(broken: StrictJSONError) -> ValidationError:

@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from keyscope.control import render, schema
 from keyscope.control.applications import DEFAULT_SIZE, MAX_SIZE, PAGING
+from keyscope.control.audit import announce, begin
 from keyscope.control.bodies import query, read_json
 from keyscope.control.handling import Control, reply, route, stored
 
@@ -25,7 +26,9 @@ async def list_entities(control: Control, request: Request) -> Response:
 
 async def create_entity(control: Control, request: Request) -> Response:
     entity = schema.parse_entity(await read_json(request))
-    await stored(control.store.create_entity(entity))
+    audit = begin(request, "entity.create", "entity", entity.entity_id, entityName=entity.entity_name)
+    await stored(control.store.create_entity(entity, audit=audit))
+    announce(audit)
     await control.changed(keys=False)
     return reply(201)
 
@@ -37,13 +40,18 @@ async def get_entity(control: Control, request: Request) -> Response:
 async def rename_entity(control: Control, request: Request) -> Response:
     entity_id = request.path_params["id"]
     name = schema.parse_entity_update(await read_json(request), entity_id)
-    await stored(control.store.rename_entity(entity_id, name))
+    audit = begin(request, "entity.update", "entity", entity_id, entityName=name)
+    await stored(control.store.rename_entity(entity_id, name, audit=audit))
+    announce(audit)
     await control.changed(keys=False)
     return reply(204)
 
 
 async def delete_entity(control: Control, request: Request) -> Response:
-    report = await stored(control.store.delete_entity(request.path_params["id"]))
+    entity_id = request.path_params["id"]
+    audit = begin(request, "entity.delete", "entity", entity_id)
+    report = await stored(control.store.delete_entity(entity_id, audit=audit))
+    announce(audit)
     await control.changed()
     return reply(200, render.render_cascade(report))
 

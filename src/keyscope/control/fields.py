@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from keyscope.core import ratelimits
 from keyscope.core.networks import parse_network
+from keyscope.core.ratelimits import RateLimit, RateLimitError
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._~-]{1,255}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -25,6 +27,15 @@ class ValidationError(ValueError):
         super().__init__(f"{field}: {detail}")
         self.field = field
         self.detail = detail
+
+
+def check_rate_limits(value: Any, field: str = "rateLimits") -> tuple[RateLimit, ...]:
+    """`[{"requests": N, "per": "second|minute|hour|day"}, ...]`, at most one per period (`core.ratelimits`);
+    null is none."""
+    try:
+        return ratelimits.from_doc(value, field)
+    except RateLimitError as exc:
+        raise ValidationError(exc.field, exc.message) from None
 
 
 def check_id(value: Any, field: str) -> str:

@@ -14,11 +14,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keyscope.control import keyschema, render, schema
+from keyscope.control.audit import announce, begin, key_details, name_links
 from keyscope.control.bodies import query, read_json
 from keyscope.control.fields import check_name
 from keyscope.control.handling import Control, reply, route, stored
 from keyscope.core.keys import display_prefix, hash_secret, new_key_id, new_secret
-from keyscope.core.models import ApiKey, PlatformEntry
+from keyscope.core.models import UNSET, ApiKey, PlatformEntry
 
 PATH = "/settings/2/api-keys"
 DEFAULT_SIZE = 100
@@ -50,8 +51,13 @@ async def create_key(control: Control, request: Request) -> Response:
         enabled=draft.enabled,
         platform=tuple(PlatformEntry("", e.application_id, e.entity_id, e.action) for e in draft.platform),
         created_at=now,
+        rate_limits=draft.rate_limits,
+        enforce=draft.enforce,
     )
-    created = await stored(control.store.create_key(key))
+    audit = begin(request, "key.create", "key", key.id, **key_details(key))
+    name_links(audit, key)
+    created = await stored(control.store.create_key(key, audit=audit))
+    announce(audit)
     await control.changed(created.id)
     return reply(200, render.render_key(created, secret=secret))
 
@@ -61,17 +67,26 @@ async def get_key(control: Control, request: Request) -> Response:
 
 
 async def update_key(control: Control, request: Request) -> Response:
-    update = keyschema.parse_key_update(await read_json(request))
+    doc = await read_json(request)
+    update = keyschema.parse_key_update(doc)
     current = await stored(control.store.get_key(request.path_params["id"]))
     keyschema.check_key_update(current, update)
-    updated = await stored(control.store.update_key(current.id, update))
+    audit = begin(request, "key.update", "key", current.id, set=doc)  # validated: names no secret
+    name_links(audit, current)
+    for link in update.platform if update.platform is not UNSET else ():  # type: ignore[union-attr]
+        audit.name("application", link.application_id)
+        audit.name("entity", link.entity_id)
+    updated = await stored(control.store.update_key(current.id, update, audit=audit))
+    announce(audit)
     await control.changed(updated.id)
     return reply(200, render.render_key(updated))
 
 
 async def delete_key(control: Control, request: Request) -> Response:
     key_id = request.path_params["id"]
-    await stored(control.store.delete_key(key_id))
+    audit = begin(request, "key.delete", "key", key_id)
+    await stored(control.store.delete_key(key_id, audit=audit))
+    announce(audit)
     await control.changed(key_id)
     return reply(204)
 

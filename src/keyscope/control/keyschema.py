@@ -4,7 +4,8 @@ Field names are the platform's (`allowedIPs`, `validFrom`, `platform[].action`, 
 `platform[].key` in input is accepted and ignored (it is server-assigned and read-only), so a client may send
 back an entry it read; entries naming the same application/entity pair twice are refused; `allowedIPs` absent,
 `null` or empty means no IP restriction; at most one entry may carry an action, since FILL/FORCE write one
-scope into a request.
+scope into a request. keyscope's own fields: `rateLimits` (`core.ratelimits`; absent, null or `[]`: none) and
+`enforce` (absent: true; false is shadow mode for the key).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from keyscope.control.fields import (
     check_enum,
     check_id,
     check_name,
+    check_rate_limits,
     check_validity,
     normalise_ip,
     object_of,
@@ -27,11 +29,12 @@ from keyscope.control.fields import (
     required,
 )
 from keyscope.core.models import UNSET, ApiKey, KeyUpdate, PlatformLink
+from keyscope.core.ratelimits import RateLimit
 
 MAX_ALLOWED_IPS = 1000
 MAX_PLATFORM = 100
 
-_KEY = frozenset({"name", "allowedIPs", "validFrom", "validTo", "enabled", "platform"})
+_KEY = frozenset({"name", "allowedIPs", "validFrom", "validTo", "enabled", "platform", "rateLimits", "enforce"})
 _ENTRY = frozenset({"key", "applicationId", "entityId", "action"})
 
 
@@ -45,6 +48,8 @@ class KeyDraft:
     valid_to: datetime
     enabled: bool
     platform: tuple[PlatformLink, ...]
+    rate_limits: tuple[RateLimit, ...] = ()
+    enforce: bool = True
 
 
 def parse_allowed_ips(value: Any) -> tuple[str, ...]:
@@ -102,7 +107,9 @@ def parse_key_create(doc: Any, now: datetime) -> KeyDraft:
     check_validity(valid_from, valid_to)
     enabled = check_bool(doc["enabled"], "enabled") if doc.get("enabled") is not None else True
     platform = parse_platform(doc["platform"]) if doc.get("platform") is not None else ()
-    return KeyDraft(name, parse_allowed_ips(doc.get("allowedIPs")), valid_from, valid_to, enabled, platform)
+    enforce = check_bool(doc["enforce"], "enforce") if doc.get("enforce") is not None else True
+    return KeyDraft(name, parse_allowed_ips(doc.get("allowedIPs")), valid_from, valid_to, enabled, platform,
+                    check_rate_limits(doc.get("rateLimits")), enforce)
 
 
 def parse_key_update(doc: Any) -> KeyUpdate:
@@ -122,6 +129,10 @@ def parse_key_update(doc: Any) -> KeyUpdate:
         fields["enabled"] = check_bool(doc["enabled"], "enabled")
     if "platform" in doc:
         fields["platform"] = parse_platform(doc["platform"])
+    if "rateLimits" in doc:
+        fields["rate_limits"] = check_rate_limits(doc["rateLimits"])
+    if "enforce" in doc:
+        fields["enforce"] = check_bool(doc["enforce"], "enforce")
     return KeyUpdate(**fields)
 
 

@@ -1,6 +1,8 @@
 """Records out as the platform's JSON documents, so its clients read keyscope's answers unchanged.
 
 A key's secret appears only in the create response; every other rendering of a key shows its prefix.
+keyscope's own fields appear only when they say something: `rateLimits` when there are some, `enforce` when it
+is false (shadow mode), so that a document without them is the platform's exactly.
 """
 
 from __future__ import annotations
@@ -9,13 +11,17 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from keyscope.control.fields import format_datetime
+from keyscope.core.ratelimits import to_doc as rate_limits_doc
 from keyscope.core.models import ApiKey, Application, Association, CascadeReport, Entity, Page, PlatformEntry
 
 T = TypeVar("T")
 
 
 def render_application(app: Application) -> dict[str, Any]:
-    return {"applicationId": app.application_id, "applicationName": app.application_name}
+    doc: dict[str, Any] = {"applicationId": app.application_id, "applicationName": app.application_name}
+    if app.rate_limits:
+        doc["rateLimits"] = rate_limits_doc(app.rate_limits)
+    return doc
 
 
 def render_entity(entity: Entity) -> dict[str, Any]:
@@ -63,6 +69,10 @@ def render_key(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
         platform=[render_entry(entry) for entry in key.platform],
         lastUsed=format_datetime(key.last_used) if key.last_used is not None else None,
     )
+    if key.rate_limits:
+        doc["rateLimits"] = rate_limits_doc(key.rate_limits)
+    if not key.enforce:
+        doc["enforce"] = False
     return doc
 
 

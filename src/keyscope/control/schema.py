@@ -18,15 +18,17 @@ from keyscope.control.fields import (
     check_enum,
     check_id,
     check_name,
+    check_rate_limits,
     check_resource_id,
     object_of,
     required,
 )
 from keyscope.core.models import CHANNELS, RESOURCE_TYPES, Application, Association, AssociationFilter, Entity
+from keyscope.core.ratelimits import RateLimit
 
 MAX_PAGE = 10_000_000
 
-_APPLICATION = frozenset({"applicationId", "applicationName"})
+_APPLICATION = frozenset({"applicationId", "applicationName", "rateLimits"})
 _ENTITY = frozenset({"entityId", "entityName"})
 _ASSOCIATION = frozenset({"resourceType", "channel", "applicationId", "entityId", "resourceId"})
 
@@ -36,6 +38,7 @@ def parse_application(doc: Any) -> Application:
     return Application(
         check_id(required(doc, "applicationId"), "applicationId"),
         check_name(doc.get("applicationName"), "applicationName"),
+        check_rate_limits(doc.get("rateLimits")),
     )
 
 
@@ -45,6 +48,13 @@ def parse_application_update(doc: Any, application_id: str) -> str | None:
     if "applicationId" in doc and doc["applicationId"] != application_id:
         raise ValidationError("applicationId", "cannot be changed")
     return check_name(doc.get("applicationName"), "applicationName")
+
+
+def parse_application_limits(doc: Any) -> tuple[RateLimit, ...] | None:
+    """An update's `rateLimits` (`[]` or null: none); None when the document leaves them out (kept as they are,
+    so that a client that only renames never drops them)."""
+    doc = object_of(doc, _APPLICATION)
+    return check_rate_limits(doc["rateLimits"]) if "rateLimits" in doc else None
 
 
 def parse_entity(doc: Any) -> Entity:

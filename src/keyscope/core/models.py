@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, Literal, TypeVar
 
+from keyscope.core.ratelimits import RateLimit
+
 DEFAULT_APPLICATION = "default"
 
 Action = Literal["FILL", "FORCE"]
@@ -20,6 +22,8 @@ CHANNELS = ("SMS", "MMS", "EMAIL", "WHATSAPP", "RCS", "APPLE")
 class Application:
     application_id: str
     application_name: str | None = None
+    rate_limits: tuple[RateLimit, ...] = ()
+    """What every key linked to the application spends from together (`keyscope.core.ratelimits`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,13 @@ class ApiKey:
     platform: tuple[PlatformEntry, ...] = ()
     created_at: datetime | None = None
     last_used: datetime | None = None
+    rate_limits: tuple[RateLimit, ...] = ()
+    """The key's own limits (`keyscope.core.ratelimits`)."""
+    enforce: bool = True
+    """False: what steps 4-5 or a rate limit would refuse is forwarded and logged as `shadow` instead."""
+    application_limits: tuple[tuple[str, tuple[RateLimit, ...]], ...] = ()
+    """(application id, its limits) for the applications the entries name that have limits: read by the store
+    with the key for the gateway (`find_key_by_hash`); empty elsewhere."""
 
     @property
     def is_primary(self) -> bool:
@@ -103,6 +114,8 @@ class KeyUpdate:
     valid_to: datetime | _Unset = UNSET
     enabled: bool | _Unset = UNSET
     platform: tuple[PlatformLink, ...] | _Unset = UNSET
+    rate_limits: tuple[RateLimit, ...] | _Unset = UNSET
+    enforce: bool | _Unset = UNSET
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,12 @@ An `Admission` is filled step by step, so that when a step refuses, the caller s
 the error family) and the key (for the log). Every entry point turns it into an answer the same way:
 `refused()` on the ASGI path, `refused_early()` as bytes before any ASGI task exists, and `log()` for the
 access line and the metrics of everything else.
+
+Two things reach the answer from here beside the refusal: the rate-limit verdict (`rate`), whose
+`RateLimit-*` headers go on the refusal (`refused()`, `refused_early()`) and on the admitted answer
+(`answer_headers()`, added by the gateway and the middleware where they send the response's head); and a
+shadowed refusal (`shadow`): the request is forwarded as the client sent it, the backend told why with
+`X-Keyscope-Shadow-Refusal` (`identity_headers()`), and its access line says `shadow` with that reason and step.
 """
 
 from __future__ import annotations
@@ -13,11 +19,15 @@ from dataclasses import dataclass
 from keyscope.allowlist.table import Endpoint
 from keyscope.core.errors import Family, Refusal
 from keyscope.core.models import ApiKey, PlatformEntry
-from keyscope.core.types import Scope, Send
+from keyscope.core.types import Message, Scope, Send
 from keyscope.decide.answers import refusal_answer, refuse
 from keyscope.decide.auth import KeyAuthenticator
 from keyscope.http.canonical import HeaderMap
+from keyscope.decide.ratelimit import Plan, Verdict
 from keyscope.observe import accesslog, metrics
+
+SHADOW = "shadow"
+"""The access line's decision for a request forwarded though it would have been refused (shadow mode)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +43,7 @@ class Principal:
 
 class Admission:
     __slots__ = ("endpoint", "key", "entry", "query", "body", "changed", "request_id", "user_agent", "client",
-                 "principal_id", "bytes_in", "bytes_out", "upstream_ms", "cause")
+                 "principal_id", "bytes_in", "bytes_out", "upstream_ms", "cause", "rate", "counted", "shadow")
 
     def __init__(self) -> None:
         self.endpoint: Endpoint | None = None
@@ -51,6 +61,9 @@ class Admission:
         self.bytes_out = 0
         self.upstream_ms: float | None = None
         self.cause: str | None = None  # why a forwarded request failed: upstream_refused, _timeout, _reset
+        self.rate: Verdict | None = None  # what the rate limits said, for the RateLimit-* headers
+        self.counted: Plan | None = None  # the limits counted in this worker's memory (for `Checks.decide()`)
+        self.shadow: Refusal | None = None  # the refusal shadow mode forwarded instead
 
     def begin(self, scope: Scope, headers: HeaderMap | None, authenticator: KeyAuthenticator) -> str:
         """Note the request id (the client's X-Request-Id when sane, else a new one), the user agent, the body's
@@ -86,7 +99,9 @@ class Admission:
         """Answer a refusal through ASGI and log it."""
         if self.request_id is None:  # step 1 refused: the head has no header map
             self.begin(scope, None, authenticator)
-        self.bytes_out = await refuse(send, refusal, self.family, self.request_id)
+        rate = self.rate
+        extra = () if rate is None else rate.headers()
+        self.bytes_out = await refuse(send, refusal, self.family, self.request_id, extra)
         self.log(started, scope, accesslog.REFUSED, refusal.status, refusal)
 
     def refused_early(
@@ -95,7 +110,8 @@ class Admission:
     ) -> tuple[bytes, bool]:
         """A refusal as the complete HTTP/1.1 answer (and whether the connection closes after it), logged."""
         request_id = self.begin(scope, headers, authenticator)
-        answer, close = refusal_answer(refusal, self.family, request_id)
+        rate = self.rate
+        answer, close = refusal_answer(refusal, self.family, request_id, () if rate is None else rate.headers())
         end = answer.index(b"\r\n\r\n") + 4
         if scope["method"] == "HEAD":  # the head alone, Content-Length included, as uvicorn sends it
             answer = answer[:end]
@@ -124,7 +140,8 @@ class Admission:
         return platform[0] if len(platform) == 1 else None
 
     def identity_headers(self) -> list[tuple[str, str]]:
-        """X-Keyscope-* for the backend: absent for kinds the entry leaves unset, all but the id for primaries."""
+        """X-Keyscope-* for the backend: absent for kinds the entry leaves unset, all but the id for primaries;
+        `X-Keyscope-Shadow-Refusal: <reason>` on a request shadow mode forwarded."""
         assert self.key is not None
         headers = [("X-Keyscope-Key-Id", self.key.id)]
         entry = self.effective_entry()
@@ -133,7 +150,37 @@ class Admission:
                 headers.append(("X-Keyscope-Application-Id", entry.application_id))
             if entry.entity_id is not None:
                 headers.append(("X-Keyscope-Entity-Id", entry.entity_id))
+        if self.shadow is not None:
+            headers.append(("X-Keyscope-Shadow-Refusal", self.shadow.reason))
         return headers
+
+    def answer_headers(self) -> list[tuple[bytes, bytes]]:
+        """What keyscope adds to an admitted request's answer: the `RateLimit-*` headers of a limited key."""
+        rate = self.rate
+        return [] if rate is None else rate.headers()
+
+    def sending(self, send: Send) -> Send:
+        """`send` with `answer_headers()` added to the response's head; `send` itself when there are none (the
+        upstream's answer and a 502/504 alike: the request was admitted, and counted)."""
+        rate = self.rate
+        if rate is None:
+            return send
+        extra = rate.headers()
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        return send_with_headers
+
+    def shadowed(self, refusal: Refusal, query: bytes, body: bytes | None) -> None:
+        """Shadow mode: `refusal` is not answered; the request goes upstream as the client sent it."""
+        self.shadow = refusal
+        self.query = query
+        self.body = body
+        self.changed = False
+        self.entry = None
 
     def log(
         self,
@@ -146,6 +193,8 @@ class Admission:
     ) -> None:
         """The request's access line and metrics, from what the checks decided and how the answer went."""
         key, endpoint = self.key, self.endpoint
+        if refusal is None and self.shadow is not None and decision == accesslog.FORWARDED:
+            decision, refusal = SHADOW, self.shadow
         if refusal is not None:
             reason, step = refusal.reason, refusal.step
         elif self.cause is not None:

@@ -7,6 +7,7 @@ encoded once and kept (bounded).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from http import HTTPStatus
 
 from keyscope.core.errors import JSON_HEADERS, Family, Refusal, refusal_body
@@ -57,21 +58,30 @@ def _http_answer(refusal: Refusal, family: Family) -> tuple[bytes, bytes, bool]:
     return answer
 
 
-def refusal_answer(refusal: Refusal, family: Family, request_id: str | None = None) -> tuple[bytes, bool]:
+def refusal_answer(
+    refusal: Refusal, family: Family, request_id: str | None = None, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> tuple[bytes, bool]:
     """The refusal as a complete HTTP/1.1 answer, as uvicorn would write it from `refuse()`'s two messages (with
-    the same `request_id`), and whether the connection must close after it (413: the rest of the body is never
-    read). The X-Request-Id line is the last header, where `refuse()` puts it."""
+    the same `request_id` and `extra` headers), and whether the connection must close after it (413: the rest of
+    the body is never read). `extra` (the rate-limit headers) and then the X-Request-Id line are the last
+    headers, where `refuse()` puts them."""
     head, rest, close = _http_answer(refusal, family)
+    if extra:
+        head += b"".join(name + b": " + value + b"\r\n" for name, value in extra)
     if request_id is None:
         return head + rest, close
     return b"".join((head, b"x-request-id: ", request_id.encode("ascii"), b"\r\n", rest)), close
 
 
-async def refuse(send: Send, refusal: Refusal, family: Family, request_id: str | None = None) -> int:
+async def refuse(
+    send: Send, refusal: Refusal, family: Family, request_id: str | None = None,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> int:
     """Answer with the refusal's body in the endpoint's error family; nothing has been forwarded. Returns the
-    body's length."""
+    body's length. `extra`: headers after the refusal's own (the rate-limit headers), before X-Request-Id."""
     headers, payload = _answer(refusal, family)
     sent = list(headers)  # a fresh list each time: a server or middleware may add to the headers it is given
+    sent += extra
     if request_id is not None:
         sent.append((b"x-request-id", request_id.encode("ascii")))
     await send({"type": "http.response.start", "status": refusal.status, "headers": sent})

@@ -1,12 +1,14 @@
 """Steps 1-5 of the request path, written once for every caller.
 
 `Checks.target()` is step 1 (canonical target). Steps 2-5 are one procedure, `Checks.steps()`, that never
-awaits (sans-IO, as h11 is): it runs top to bottom, authenticate, match the allowlist, read the ids (from the
-body when they live there), check and FILL/FORCE them, check they exist, and where it needs something only I/O
-can give, it yields what it needs and is sent the answer:
+awaits (sans-IO, as h11 is): it runs top to bottom, authenticate, match the allowlist, count the request
+against its rate limits, read the ids (from the body when they live there), check and FILL/FORCE them, check
+they exist, and where it needs something only I/O can give, it yields what it needs and is sent the answer:
 
     (CHANGES,)          hear of changes other processes made before trusting the caches (watcher.tick())
     (KEY, secret_hash)  the key record from the store, sent back (authenticator.load())
+    (LIMITS, plan)      count the request in the shared counters, the verdict sent back (limiter.ask(), Redis;
+                        local counters are counted in line)
     (BODY,)             the whole request body, sent back
     (IDS, apps, ents)   ask the store whether these ids exist (known_ids.look_up(), which refuses if not)
 
@@ -15,6 +17,13 @@ Its callers drive it: `admit()` with awaits (the ASGI gateway, the middleware, `
 An exception from I/O is thrown into the procedure at the step that asked, so that the step's rules (a store
 that is down means 503) live in the step. It fills an `Admission` as it goes; `explain` also passes a
 `Recorder` that hears each step's outcome.
+
+Shadow mode (`shadow=True` for the gateway, or a key with `enforce` false): a refusal by the allowlist, a rate
+limit, the scope or the existence check is not raised but noted (`Admission.shadowed()`), and the procedure
+ends there with the request admitted as the client sent it, as if no later step ran. What steps 1-2 refuse, a
+body over the limit and every 503 (a store that is down is no verdict on the request) are refused all the
+same. A shadowed rate limit counts nothing, as the refusal it stands for would not have; so a shadow key's
+counters move exactly as an enforcing twin's would.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from keyscope.decide.auth import KeyAuthenticator
 from keyscope.decide.body import ClientGone, body_headers, read_body, too_large
 from keyscope.decide.known_ids import KnownIds
 from keyscope.decide.management import is_management
+from keyscope.decide.ratelimit import Limiter, Unavailable, too_many
 from keyscope.decide.usage import UsageRecorder
 from keyscope.http import canonical
 from keyscope.http.canonical import HeaderMap
@@ -48,6 +58,19 @@ CHANGES = "changes"
 KEY = "key"
 BODY = "body"
 IDS = "ids"
+LIMITS = "limits"
+SHADOWED = frozenset({"allowlist", "ratelimit", "scope", "existence"})
+"""The steps whose refusals shadow mode forwards instead (never a 503: the store being down is no verdict)."""
+
+
+def _shadowed(shadow: bool, refusal: Refusal) -> bool:
+    return shadow and refusal.step in SHADOWED and refusal.status != 503
+
+
+def _not_allowlisted(found: matcher.Result) -> Refusal:
+    if found is matcher.NOT_FOUND:
+        return Refusal(403, reason="not_allowlisted", step="allowlist", detail="path is not allowlisted")
+    return Refusal(403, reason="method_not_allowed", step="allowlist", detail="method is not allowlisted")
 
 Need = tuple[Any, ...]
 Management = Callable[[Scope, Receive, Send, Admission, float, "HeaderMap | None"], Awaitable[None]]
@@ -73,8 +96,12 @@ class Checks:
         id_cache_ttl: float = 5.0,
         limits: Limits = DEFAULT_LIMITS,
         clock: Clock = time.monotonic,
+        limiter: Limiter | None = None,
+        shadow: bool = False,
     ) -> None:
         self.matcher = matcher.compile(endpoints)
+        self.limiter = Limiter(clock=clock) if limiter is None else limiter
+        self.shadow = shadow
         self.limits = limits
         self.store = store
         self.authenticator = authenticator
@@ -116,10 +143,32 @@ class Checks:
         # 3. primary keys may call any path; linked keys only the allowlist
         if recorder is not None:
             recorder.matched(found)
+        shadow = self.shadow or not key.enforce
+        # (a refusal is raised as it is made: one held in a local would make a cycle with its traceback)
         if not found and key.platform:
-            if found is matcher.NOT_FOUND:
-                raise Refusal(403, reason="not_allowlisted", step="allowlist", detail="path is not allowlisted")
-            raise Refusal(403, reason="method_not_allowed", step="allowlist", detail="method is not allowlisted")
+            if not shadow:
+                raise _not_allowlisted(found)
+            admission.shadowed(_not_allowlisted(found), scope["query_string"], None)
+            return
+        # the key's rate limits and its applications', before the body is read
+        limiter = self.limiter
+        plan = limiter.plan(key)
+        if plan is not None:
+            try:
+                verdict = limiter.count(plan)
+                if verdict is None:
+                    verdict = yield (LIMITS, plan)
+                elif verdict.admitted:
+                    admission.counted = plan
+            except Unavailable:
+                verdict = limiter.failed()  # None: let it through; or the 503 (never shadowed) is raised
+            if verdict is not None:
+                admission.rate = verdict
+                if not verdict.admitted:
+                    if not shadow:
+                        raise too_many(verdict)
+                    admission.shadowed(too_many(verdict), scope["query_string"], None)
+                    return
         # 4. the ids the request names, checked (FILL/FORCE applied), from the body when they live there
         content_type, content_encoding, declared = body_headers(scope, headers)
         body = None
@@ -130,15 +179,21 @@ class Checks:
             body = yield (BODY,)
             if len(body) > limit:
                 raise too_large(limit)
-        decision = scoping.inspect(
-            admission.endpoint,
-            key,
-            query=scope["query_string"],
-            content_type=content_type,
-            content_encoding=content_encoding,
-            body=b"" if body is None else body,
-            limits=self.limits,
-        )
+        try:
+            decision = scoping.inspect(
+                admission.endpoint,
+                key,
+                query=scope["query_string"],
+                content_type=content_type,
+                content_encoding=content_encoding,
+                body=b"" if body is None else body,
+                limits=self.limits,
+            )
+        except Refusal as refusal:
+            if not _shadowed(shadow, refusal):
+                raise
+            admission.shadowed(refusal, scope["query_string"], body)
+            return
         admission.entry = decision.entry
         admission.query = decision.query
         admission.body = decision.body if body is not None else None
@@ -149,7 +204,13 @@ class Checks:
         if decision.application_ids or decision.entity_ids:
             unknown = self.known_ids.unknown(decision.application_ids, decision.entity_ids)
             if unknown is not None:
-                yield (IDS, *unknown)
+                try:
+                    yield (IDS, *unknown)
+                except Refusal as refusal:
+                    if not _shadowed(shadow, refusal):
+                        raise
+                    admission.shadowed(refusal, scope["query_string"], body)
+                    return
         if recorder is not None:
             recorder.existing()
 
@@ -187,13 +248,16 @@ class Checks:
             return await self.authenticator.load(need[1])
         if kind is IDS:
             return await self.known_ids.look_up(need[1], need[2])
+        if kind is LIMITS:
+            return await self.limiter.ask(need[1])
         return await self.watcher.tick()
 
     def decide(self, scope: Scope, body: bytes, admission: Admission, headers: HeaderMap | None) -> bool:
         """Steps 2-5 driven without awaiting, for a request whose whole body is already here.
 
         True: admitted (the body is in `admission.body` whether or not it was inspected); a refusal raises.
-        False: the procedure needs I/O; run admit() on a fresh Admission instead."""
+        False: the procedure needs I/O; run admit() on a fresh Admission instead. What it counted against
+        local rate limits is taken back then, since admit() counts the request again."""
         if headers is None:
             headers = canonical.header_map(scope["headers"])
         procedure = self.steps(scope, headers, admission)
@@ -206,6 +270,8 @@ class Checks:
                 admission.body = body  # read by the server already: forwarded as it came
             return True
         procedure.close()
+        if admission.counted is not None:
+            self.limiter.undo(admission.counted)
         return False
 
     async def handle(
@@ -238,6 +304,7 @@ class Checks:
         """Keys or ids may have changed (here, in another worker or another instance): drop what is cached."""
         self.authenticator.invalidate()
         self.known_ids.clear()
+        self.limiter.changed()
 
     async def start(self) -> None:
         """Once the store is open: start hearing of changes (raises StoreError if that is impossible)."""
@@ -246,3 +313,4 @@ class Checks:
     async def stop(self) -> None:
         await self.watcher.stop()
         await self.usage.close()
+        await self.limiter.close()

@@ -34,6 +34,7 @@ from keyscope.decide.admission import Admission
 from keyscope.decide.auth import KeyAuthenticator, authorization_header, split_credentials
 from keyscope.decide.checks import Checks
 from keyscope.decide.management import is_management
+from keyscope.decide.ratelimit import LOCAL, Limiter
 from keyscope.gateway.upstream import Upstream
 from keyscope.observe import accesslog, metrics
 from keyscope.store import Store, store_from_url
@@ -43,6 +44,7 @@ logger = logging.getLogger("keyscope.gateway")
 _perf_counter = time.perf_counter
 _in_flight_inc = metrics.in_flight_inc  # requests inside this app: keyscope_requests_in_flight
 _in_flight_dec = metrics.in_flight_dec
+_READS = frozenset(("GET", "HEAD", "OPTIONS"))
 _ADMITTED = "keyscope.admitted"
 """Scope key under which `early()` hands an admitted request (its Admission and start time) to `__call__`."""
 
@@ -60,6 +62,9 @@ class Gateway:
         max_body_size: int = 1024 * 1024,
         limits: Limits = DEFAULT_LIMITS,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        rate_limit_store: str = LOCAL,
+        rate_limit_on_error: str = "allow",
+        shadow: bool = False,
     ) -> None:
         self.store = store
         self.upstream = upstream
@@ -79,6 +84,8 @@ class Gateway:
             max_body_size=max_body_size,
             id_cache_ttl=key_cache_ttl,
             limits=limits,
+            limiter=Limiter(rate_limit_store, on_error=rate_limit_on_error),
+            shadow=shadow,
         )
         self.admin = admin.create_app(
             store, admin_token=admin_token, authenticator=self.authenticator, on_change=self.checks.known_ids.clear
@@ -104,6 +111,9 @@ class Gateway:
             max_body_size=settings.max_body_size,
             limits=settings.limits(),
             header_timeout=settings.header_timeout,
+            rate_limit_store=settings.rate_limit_store,
+            rate_limit_on_error=settings.rate_limit_on_error,
+            shadow=settings.shadow,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -130,7 +140,7 @@ class Gateway:
         status, upstream_status = await self.upstream.forward(
             scope,
             receive,
-            send,
+            admission.sending(send),  # with the RateLimit-* headers of a limited key
             query=admission.query,
             body=admission.body,
             identity=admission.identity_headers(),
@@ -200,6 +210,10 @@ class Gateway:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message = {**message, "headers": [*message.get("headers", ()), request_id]}
+                if status < 400 and scope["method"] not in _READS:
+                    # a change made here: heard of by this process before its caller is told it is done, so
+                    # that the caller's next request is not the one to find the revision moved and empty caches
+                    await self.checks.watcher.tick(force=True)
             elif message["type"] == "http.response.body":
                 admission.bytes_out += len(message.get("body", b""))
             await send(message)
@@ -220,8 +234,8 @@ class Gateway:
             await receive()  # lifespan.shutdown
         except asyncio.CancelledError:
             # A forced exit (a second Ctrl-C) skips lifespan.shutdown, and the event loop's teardown cancels this
-            # task instead: uvicorn would print the CancelledError as a traceback and aiohttp would warn of an
-            # unclosed session. Close what is open all the same and end quietly; the process is exiting anyway.
+            # task instead: uvicorn would print the CancelledError as a traceback, and the store and the upstream
+            # connections would be left open. Close what is open all the same and end quietly.
             await self._shut_down()
             return
         await self._shut_down()

@@ -9,7 +9,11 @@ Three things differ from live traffic, each said in the trace:
 - the key may be chosen by id instead of by secret: the secret check is skipped, while the key's enabled
   flag, validity window and allowed addresses are checked by the real authenticator;
 - nothing is cached: keys and ids are read from the store now (the gateway may lag by its cache TTL);
-- explaining is not using: the key's "last used" time is not touched.
+- explaining is not using: the key's "last used" time is not touched, and rate limits are counted on counters
+  of the explanation's own (the gateway's are never touched; a limit is shown, never found spent).
+
+A key with `enforce: false` (or `--shadow`) is explained as the gateway treats it: the decision is `shadow`,
+with the reason and step that would have refused the request.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any, cast
 from keyscope import scope as scoping
 from keyscope.allowlist import matcher
 from keyscope.allowlist.table import Endpoint
+from keyscope.core import ratelimits
 from keyscope.core.errors import Refusal, refusal_body
 from keyscope.core.limits import DEFAULT as DEFAULT_LIMITS
 from keyscope.core.limits import Limits
@@ -55,7 +60,7 @@ class Explanation:
     method: str
     target: str
     steps: list[Step]
-    decision: str  # "forwarded", "refused" or "management"
+    decision: str  # "forwarded", "refused", "management" or "shadow" (forwarded, though it would be refused)
     status: int | None = None  # the gateway's own status; None when the upstream would answer
     reason: str | None = None
     step: str | None = None
@@ -98,6 +103,11 @@ class Explanation:
             lines.append("   body: " + json.dumps(self.error_body, ensure_ascii=False))
         elif self.decision == "management":
             lines.append("=> answered by the management API, never forwarded")
+        elif self.decision == "shadow":
+            lines.append(f"=> forwarded in shadow mode, with X-Keyscope-Shadow-Refusal: {self.reason} "
+                         f"(an enforcing key would be refused at step {self.step})")
+            for name, value in self.forwarded.items():
+                lines.append(f"   {name}: {_text(value)}")
         else:
             lines.append("=> forwarded upstream (the upstream's status is the answer)")
             for name, value in self.forwarded.items():
@@ -252,7 +262,11 @@ async def _run(checks: Checks, scope: Scope, body: bytes, result: Explanation) -
     except Refusal as refusal:
         _describe(trace, scope, admission, steps, refusal)
         return _refused(result, refusal, admission)
-    _describe(trace, scope, admission, steps, None)
+    shadow = admission.shadow
+    _describe(trace, scope, admission, steps, shadow)
+    if shadow is not None:
+        result.decision, result.reason, result.step = "shadow", shadow.reason, shadow.step
+        result.notes.append(f"shadow mode: the key does not enforce ({shadow.status} {shadow.reason} otherwise)")
     result.forwarded = {
         "headers": dict(admission.identity_headers()),
         "query": admission.query.decode("latin-1"),
@@ -296,6 +310,12 @@ def _describe(trace: _Trace, scope: Scope, admission: Admission, steps: list[Ste
     # 3. allowlist
     steps.append(_allowlist_step(key, trace.found, failed == "allowlist"))
     if failed == "allowlist":
+        _skipped(steps, "ids", "existence")
+        return
+    # the rate limits, before the body
+    if failed == "ratelimit":
+        assert refusal is not None
+        steps.append(Step("ratelimit", "Rate limits", False, refusal.detail, {"reason": refusal.reason}))
         _skipped(steps, "ids", "existence")
         return
     # 4. ids (and the body they are read from)
@@ -344,6 +364,12 @@ def _key_details(key: ApiKey) -> dict[str, Any]:
     details: dict[str, Any] = {"links": [_entry_text(entry) for entry in key.platform] or "none (primary)"}
     if key.allowed_ips:
         details["allowedIPs"] = list(key.allowed_ips)
+    if key.rate_limits:
+        details["rateLimits"] = ratelimits.to_text(key.rate_limits)
+    for application_id, limits in key.application_limits:
+        details[f"rateLimits of {application_id}"] = ratelimits.to_text(limits)
+    if not key.enforce:
+        details["enforce"] = "false: shadow mode (what steps 4-5 or a rate limit would refuse is forwarded)"
     return details
 
 

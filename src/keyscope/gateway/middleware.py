@@ -8,6 +8,11 @@ Starlette and FastAPI read it as `request.state.keyscope`.
 
     app = KeyScopeMiddleware(app, store="sqlite:///keyscope.db")            # packaged endpoints.yaml
     app = KeyScopeMiddleware(app, endpoints="endpoints.yaml", store=store)  # a Store you open and close
+    app = KeyScopeMiddleware(app, store=..., rate_limit_store="redis://127.0.0.1:6379/0", shadow=True)
+
+Keys' and applications' rate limits hold here too (429 with `Retry-After`, `RateLimit-*` on the app's answers),
+counted in this process (`local`) or in Redis; shadow mode logs what it would refuse as `shadow` and calls the
+app anyway (the app sees no `X-Keyscope-Shadow-Refusal` header: its access line says it).
 
 A store given as a URL is opened at lifespan start-up (or on the first request) and closed at shutdown; a
 `Store` object is used as given (open it before the first request). Either way the middleware hears of
@@ -37,6 +42,7 @@ from keyscope.core.types import ASGIApp, Message, Receive, Scope, Send
 from keyscope.decide.admission import Admission
 from keyscope.decide.auth import KeyAuthenticator
 from keyscope.decide.checks import Checks
+from keyscope.decide.ratelimit import LOCAL, Limiter
 from keyscope.observe import accesslog
 from keyscope.store import Store, store_from_url
 
@@ -54,6 +60,9 @@ class KeyScopeMiddleware:
         trusted_proxies: Sequence[str] = (),
         max_body_size: int = 1024 * 1024,
         limits: Limits = DEFAULT_LIMITS,
+        rate_limit_store: str = LOCAL,
+        rate_limit_on_error: str = "allow",
+        shadow: bool = False,
     ) -> None:
         self.app = app
         if endpoints is None or isinstance(endpoints, (str, os.PathLike)):
@@ -72,6 +81,8 @@ class KeyScopeMiddleware:
             max_body_size=max_body_size,
             id_cache_ttl=key_cache_ttl,
             limits=limits,
+            limiter=Limiter(rate_limit_store, on_error=rate_limit_on_error),
+            shadow=shadow,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -105,6 +116,7 @@ class KeyScopeMiddleware:
             receive = _replay(body, receive)
         status = 0
         request_id = (b"x-request-id", (admission.request_id or "").encode("ascii"))
+        extra = admission.answer_headers()  # RateLimit-* of a limited key
 
         async def send_and_note(message: Message) -> None:
             # the app's answer carries the request id too (the app's own X-Request-Id, if any, is replaced)
@@ -112,6 +124,7 @@ class KeyScopeMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [item for item in message.get("headers", ()) if item[0].lower() != b"x-request-id"]
+                headers += extra
                 headers.append(request_id)
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body":

@@ -173,15 +173,20 @@ def set_format(name: str) -> None:
 
 
 class JsonFormatter(logging.Formatter):
-    """keyscope's and uvicorn's own lines on stderr as one JSON object each, beside the JSON access lines."""
+    """keyscope's and uvicorn's own lines on stderr as one JSON object each, beside the JSON access lines.
+
+    A record logged with `extra={"fields": {...}}` (the audit trail's, `keyscope.control.audit`) has those
+    fields after `message`, in the same object."""
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
+        fields = getattr(record, "fields", None)
+        more = "," + json.dumps(fields, separators=(",", ":"))[1:-1] if isinstance(fields, dict) and fields else ""
         return (
             f'{{"time":"{iso_time(record.created)}","level":{_quote(record.levelname.lower())},'
-            f'"logger":{_quote(record.name)},"message":{_quote(message)}}}'
+            f'"logger":{_quote(record.name)},"message":{_quote(message)}{more}}}'
         )
 
 

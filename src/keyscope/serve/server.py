@@ -4,8 +4,11 @@ Everything that can be wrong with a configuration (settings, endpoints.yaml, the
 checked before uvicorn starts, and stops start-up with one line on stderr and exit status 2: never a
 half-working gateway. `--workers N` runs N uvicorn worker processes; they receive the validated settings
 through an environment variable and build their gateway with `worker_app()`.
+Its flags are the settings' declarations (keyscope.core.settings), read by keyscope.core.settings_sources.
 
-`python -m keyscope.serve.server [serve] --upstream ...` runs the same command without the console script.
+`keyscope authorize --contract envoy|nginx` is the same command with an authorizer (keyscope.gateway.authorizer)
+in place of the gateway: every setting, check and start-up step is the same but the upstream's, which it does not
+need. `python -m keyscope.serve.server [serve|authorize] ...` runs either without the console script.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import importlib.util
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -32,49 +34,22 @@ from keyscope.allowlist.table import EndpointsError
 from keyscope.allowlist.table import load as load_endpoints
 from keyscope.core import settings as config
 from keyscope.core.settings import ConfigError, Settings
+from keyscope.core.settings_option import ProblemsError
+from keyscope.core.settings_sources import WORKER_ENV, add_flags, gather, given_flags
 from keyscope.gateway.app import Gateway
+from keyscope.gateway.authorizer import Authorizer
 from keyscope.gateway.protocol import GatewayProtocol
 from keyscope.observe import accesslog
 from keyscope.serve import status
+from keyscope.serve.sockets import check_free, check_status_listen
 from keyscope.serve.web import serve_with_web
 from keyscope.store import store_from_url
 
 DESCRIPTION = "Run the keyscope gateway in front of an upstream HTTP API."
-
-# flag name -> (argparse keyword arguments); every one is also KEYSCOPE_<NAME> and a key of the config file.
-_OPTIONS: dict[str, dict[str, Any]] = {
-    "upstream": {"metavar": "URL", "help": "the API to protect: http://HOST:PORT[/base] (required)"},
-    "endpoints": {"metavar": "FILE", "help": "the allowlist (default: the packaged endpoints.yaml)"},
-    "store": {"metavar": "URL", "help": f"sqlite:///FILE or postgresql://... (default {config.DEFAULT_STORE})"},
-    "host": {"help": "address to listen on (default 127.0.0.1)"},
-    "port": {"type": int, "help": "port to listen on (default 8080)"},
-    "workers": {"type": int, "metavar": "N", "help": "worker processes (default 1)"},
-    "upstream_authorization": {"metavar": "VALUE", "help": "Authorization header sent upstream instead of the key"},
-    "upstream_timeout": {"type": float, "metavar": "SECONDS", "help": "connect/read timeout upstream (default 30)"},
-    "upstream_connections": {"type": int, "metavar": "N", "help": "pooled upstream connections per worker (256)"},
-    "max_body_size": {"type": int, "metavar": "BYTES", "help": "largest body inspected for ids (default 1 MiB)"},
-    "key_cache_ttl": {"type": float, "metavar": "SECONDS", "help": "how long key records are cached (default 5)"},
-    "trusted_proxies": {"metavar": "CIDR,...", "help": "peers whose X-Forwarded-For is believed"},
-    "admin_token": {
-        "metavar": "TOKEN",
-        "help": "Bearer token for the management API (prefer KEYSCOPE_ADMIN_TOKEN: flags show in ps)",
-    },
-    "admin_listen": {"metavar": "HOST:PORT", "help": "serve the web interface there (needs the admin token)"},
-    "admin_idle_timeout": {"type": float, "metavar": "SECONDS", "help": "web sessions end after this idle time"},
-    "max_header_bytes": {"type": int, "metavar": "BYTES", "help": "header names and values per request (32 KiB; 431)"},
-    "max_headers": {"type": int, "metavar": "N", "help": "header lines per request (default 100; 431)"},
-    "max_target_bytes": {"type": int, "metavar": "BYTES", "help": "path and query per request (default 8192; 414)"},
-    "max_params": {"type": int, "metavar": "N", "help": "query and form parameters per request (default 100; 400)"},
-    "max_parts": {"type": int, "metavar": "N", "help": "parts of a multipart body (default 100; 400)"},
-    "max_json_members": {"type": int, "metavar": "N", "help": "members of a JSON body's objects (10000; 400)"},
-    "header_timeout": {"type": float, "metavar": "SECONDS", "help": "time to send a request head (default 30)"},
-    "status_listen": {"metavar": "HOST:PORT", "help": "serve /healthz and /readyz there, without authentication"},
-    "drain_seconds": {"type": float, "metavar": "SECONDS",
-                      "help": "with --status-listen: after SIGTERM, not ready but serving this long (default 5)"},
-    "log_format": {"metavar": "json|text", "help": "access lines and stderr lines as JSON (default) or name=value"},
-    "log_level": {"metavar": "LEVEL", "help": "stderr lines from this level on: " + "|".join(config.LOG_LEVELS)
-                  + " (default info)"},
-}
+AUTHORIZE_DESCRIPTION = (
+    "Answer authorization checks for Envoy (ext_authz HTTP service) or nginx (auth_request) with the gateway's "
+    "steps 1-5, forwarding nothing. --contract is required; --upstream and the upstream settings do not apply."
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -84,39 +59,47 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def _add_options(parser: argparse.ArgumentParser) -> None:
-    for name, kwargs in _OPTIONS.items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, **kwargs)
-    parser.add_argument("--config", metavar="FILE", default=None, help="YAML file of settings (KEYSCOPE_CONFIG)")
-    parser.add_argument(
-        "--access-log", dest="access_log", default=None, action=argparse.BooleanOptionalAction,
-        help="one JSON line per request on stdout (default on)",
-    )
-    parser.set_defaults(run=run, func=run)
+def add_authorize_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `authorize` to a subparsers object: `serve`'s options, run as an authorizer."""
+    parser = subparsers.add_parser("authorize", help="answer Envoy or nginx authorization checks",
+                                   description=AUTHORIZE_DESCRIPTION)
+    _add_options(parser, run_authorize)
+    return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def _add_options(parser: argparse.ArgumentParser, command: Any = None) -> None:
+    add_flags(parser, config.OPTIONS)
+    parser.set_defaults(run=command or run, func=command or run)
+
+
+def run_authorize(args: argparse.Namespace) -> int:
+    return run(args, "authorize")
+
+
+def run(args: argparse.Namespace, command: str = "serve") -> int:
     """Validate, then serve until stopped. Returns the exit status."""
-    flags = {name: getattr(args, name, None) for name in (*_OPTIONS, "access_log")}
     try:
-        settings = config.load(flags, os.environ, args.config)
+        # config.load(), with the command's own check first: `authorize` without a contract is told so
+        given = Settings(**gather(config.OPTIONS, given_flags(args, config.OPTIONS), os.environ, args.config))
+        _check_command(given, command)
+        settings = config.validate(given)
         prepare(settings)
     except ConfigError as exc:
         for line in getattr(exc, "lines", None) or (_one_line(str(exc)),):
-            print(f"keyscope serve: {line}", file=sys.stderr)
+            print(f"keyscope {command}: {line}", file=sys.stderr)
         return 2
     for line in config.startup_warnings(settings):
-        print(f"keyscope serve: {line}", file=sys.stderr, flush=True)
+        print(f"keyscope {command}: {line}", file=sys.stderr, flush=True)
     serve(settings)
     return 0
 
 
-class ProblemsError(ConfigError):
-    """Several problems at once (a broken endpoints.yaml): `keyscope serve` prints one line per problem."""
-
-    def __init__(self, lines: Sequence[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = tuple(lines)
+def _check_command(settings: Settings, command: str) -> None:
+    """One way to run each: `serve` proxies (no contract), `authorize` answers checks (a contract)."""
+    if command == "serve" and settings.contract is not None:
+        raise ConfigError("contract is for `keyscope authorize`: serve proxies every request itself")
+    if command == "authorize" and settings.contract is None:
+        raise ConfigError(f"authorize needs --contract ({' or '.join(config.CONTRACTS)}), or KEYSCOPE_CONTRACT")
 
 
 def prepare(settings: Settings) -> None:
@@ -130,34 +113,10 @@ def prepare(settings: Settings) -> None:
     except ValueError as exc:
         raise ConfigError(f"endpoints: {_one_line(str(exc))}") from None
     asyncio.run(_check_store(settings.store))
-    _check_listen(settings.host, settings.port)
+    check_free(settings.host, settings.port)
     if settings.admin_listen is not None and importlib.util.find_spec("keyscope.serve.web") is None:
         raise ConfigError("admin-listen: this installation has no web interface (keyscope.web)")
-    _check_status_listen(settings)
-
-
-def _check_status_listen(settings: Settings) -> None:
-    if settings.status_listen is None:
-        return
-    if settings.admin_listen is not None and settings.workers > 1:
-        raise ConfigError("status-listen with admin-listen works with one worker only (for now): drop one of them")
-    host, port = config.listen_address(settings.status_listen)
-    try:
-        _check_listen(host, port)
-    except ConfigError as exc:
-        raise ConfigError(f"{exc} (status-listen)") from None
-
-
-def _check_listen(host: str, port: int) -> None:
-    """The address must be free now; uvicorn binds it a moment later (SO_REUSEADDR, as uvicorn does)."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    check_status_listen(settings)
 
 
 async def _check_store(url: str) -> None:
@@ -194,13 +153,13 @@ def serve(settings: Settings) -> None:
     if settings.status_listen is not None:
         # uvicorn calls it right after start-up, then every second, in each gateway process (keyscope.serve.status)
         options.update(callback_notify=status.watch, timeout_notify=status.NOTIFY_SECONDS)
-        if settings.admin_listen is None:
+        if settings.admin_listen is None or settings.workers > 1:
             _serve_with_status(settings, options)
             return
     if settings.admin_listen is not None:
         serve_with_web(settings, options, build_app)
     elif settings.workers > 1:
-        os.environ[config.WORKER_ENV] = settings.to_json()
+        os.environ[WORKER_ENV] = settings.to_json()
         uvicorn.run("keyscope.serve.server:worker_app", factory=True, workers=settings.workers, **options)
     else:
         uvicorn.run(build_app(settings), **options)
@@ -209,13 +168,12 @@ def serve(settings: Settings) -> None:
 def _serve_with_status(settings: Settings, options: dict[str, Any]) -> None:
     """As `uvicorn.run` does, with `callback_notify` (which `uvicorn.run` does not take)."""
     from uvicorn.config import STARTUP_FAILURE
-    from uvicorn.supervisors import Multiprocess
 
     if settings.workers > 1:
-        os.environ[config.WORKER_ENV] = settings.to_json()
+        os.environ[WORKER_ENV] = settings.to_json()
         conf = uvicorn.Config("keyscope.serve.server:worker_app", factory=True, workers=settings.workers, **options)
         try:
-            Multiprocess(conf, sockets=[conf.bind_socket()]).run()
+            status.supervise(conf, [conf.bind_socket()], settings)  # uvicorn's Multiprocess, /metrics summed
         except KeyboardInterrupt:
             pass
         return
@@ -235,7 +193,7 @@ def build_app(settings: Settings) -> Any:
         accesslog.enable()
     else:
         accesslog.disable()
-    gateway = Gateway.from_settings(settings)
+    gateway = Authorizer.from_settings(settings) if settings.contract else Gateway.from_settings(settings)
     if settings.status_listen is not None:
         status.attach(gateway, settings)
     _stop_gathering_on_exit_signals()
@@ -327,9 +285,9 @@ def _configure_logging(settings: Settings) -> None:
 
 def worker_app() -> Any:
     """The uvicorn factory each worker process calls (`--workers N`)."""
-    text = os.environ.get(config.WORKER_ENV)
+    text = os.environ.get(WORKER_ENV)
     if not text:
-        raise RuntimeError(f"{config.WORKER_ENV} is not set: start workers with `keyscope serve --workers N`")
+        raise RuntimeError(f"{WORKER_ENV} is not set: start workers with `keyscope serve --workers N`")
     return build_app(Settings.from_json(text))
 
 
@@ -346,12 +304,14 @@ def _one_line(message: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["serve"]:
-        argv = argv[1:]
-    parser = argparse.ArgumentParser(prog="keyscope serve", description=DESCRIPTION)
+    command = "serve"
+    if argv[:1] in (["serve"], ["authorize"]):
+        command, argv = argv[0], argv[1:]
+    description = DESCRIPTION if command == "serve" else AUTHORIZE_DESCRIPTION
+    parser = argparse.ArgumentParser(prog=f"keyscope {command}", description=description)
     _add_options(parser)
     args = parser.parse_args(argv)
-    return run(args)
+    return run(args, command)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
     GET /readyz    200 when the store answers (a cheap query, 1 s at most), the allowlist is loaded and the
                    gateway is not draining; else 503 naming what is not: {"ready": false, "store": "unavailable",
                    "allowlist": "loaded", "draining": true}
-    GET /metrics   200, Prometheus text format: this process's metrics (`keyscope.observe.metrics`)
+    GET /metrics   200, Prometheus text format (`keyscope.observe.metrics`): this process's metrics, or under
+                   `--workers N` the sum over the workers, whichever of them answers
 
 No authentication (it tells nothing but the above), never on the traffic port, anything else 404, methods other
 than GET and HEAD 405. A pure ASGI app, served by a uvicorn server of its own inside each gateway process,
@@ -20,6 +21,13 @@ after start-up and then every second, in every gateway process (one, or each of 
 opens the listener (`--workers N`: each worker binds it with SO_REUSEPORT, so the kernel spreads the probes);
 each call checks that SIGTERM and SIGINT still go through the drain, and wraps whatever handler is installed
 (uvicorn's `handle_exit`, or what wraps it) when they do not.
+
+Under `--workers N` (`supervise()`, uvicorn's Multiprocess supervisor as `Supervisor`) the metrics are summed over
+the workers through a directory of files the supervisor makes before they start (`metrics.shared_directory()`):
+each `watch()` writes what this worker counted since the last one (`metrics.update`), the first SIGTERM or
+SIGINT makes it write its counts as they come (`metrics.write_through`, on the event loop), and the supervisor
+drops the gauges of each worker that is gone (`metrics.forget`). With --admin-listen the web interface runs in
+the supervising process beside them, as it does without a status listener (`keyscope.serve.web`).
 """
 
 from __future__ import annotations
@@ -29,14 +37,20 @@ import json
 import logging
 import os
 import signal
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
-from keyscope.core.settings import Settings, listen_address, listen_socket
+from keyscope.core.settings import Settings
+from keyscope.core.settings_option import listen_address
 from keyscope.core.types import Receive, Scope, Send
 from keyscope.observe import metrics
+from keyscope.serve import web
+from keyscope.serve.sockets import listen_socket
 
 log = logging.getLogger("uvicorn.error")  # configured by uvicorn.Config, so the lines look like uvicorn's own
 
@@ -136,6 +150,8 @@ class Status:
         if self.server is None:
             await self._start()
         self._wrap_signals()
+        if self.share:
+            metrics.update(self.gateway)  # written to this worker's files, where the others' scrapes read it
 
     async def _start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -168,6 +184,8 @@ class Status:
     def _handler(self, previous: Callable[[int, Any], Any]) -> Callable[[int, Any], None]:
         def on_signal(signum: int, frame: Any) -> None:
             self.gateway.draining = True
+            if self.loop is not None and not self.draining:  # --workers N: counts written as made from now on
+                self.loop.call_soon_threadsafe(metrics.write_through)
             if signum == signal.SIGTERM and not self.draining and self.drain_seconds > 0:
                 self.draining = True
                 log.info("Draining for %g s: readiness fails, traffic is still served", self.drain_seconds)
@@ -202,10 +220,56 @@ def attach(gateway: Any, settings: Settings) -> None:
     global _current
     gateway.draining = False
     _current = Status(gateway, settings)
-    metrics.enable()
+    metrics.enable(settings.workers)
 
 
 async def watch() -> None:
     """uvicorn's `callback_notify`: start the listener once, keep the signals going through the drain."""
     if _current is not None:
         await _current.watch()
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's worker supervisor (`--workers N` with --status-listen), run inside `metrics.shared_directory()`:
+    after each of its checks (every half second) the gauges of the workers that are gone are dropped, whether
+    one died and was replaced or was retired by SIGHUP or SIGTTOU. Their counts stay in the sums."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[Any], directory: str) -> None:
+        super().__init__(config, sockets)
+        self.directory = directory
+
+    def keep_subprocess_alive(self) -> None:
+        super().keep_subprocess_alive()
+        self.forget_dead()
+
+    def forget_dead(self) -> None:
+        live = [worker.pid for worker in self.processes if worker.process.is_alive()]
+        for pid in metrics.forget(self.directory, live):
+            log.debug("metrics: worker [%d] is gone: its gauges are dropped", pid)
+
+
+def supervise(config: uvicorn.Config, sockets: list[Any], settings: Settings) -> None:
+    """Run the workers of `config` until stopped, their metrics in a directory of this run's that is gone after.
+    With --admin-listen the web interface runs on a thread of this process meanwhile, as `keyscope.serve.web`
+    runs it beside workers (a store of its own; the workers hear of its writes through the store's revision)."""
+    interface = thread = None
+    if settings.admin_listen is not None:
+        host, port = listen_address(settings.admin_listen)
+        try:
+            sock = listen_socket(host, port)
+        except OSError as exc:
+            print(f"keyscope serve: cannot listen on {host}:{port} (admin-listen): {exc.strerror or exc}",
+                  file=sys.stderr)
+            sys.exit(2)
+        interface = uvicorn.Server(uvicorn.Config(web.web_app(settings), lifespan="on", **web.WEB_OPTIONS))
+        config.configure_logging()  # each uvicorn.Config applies its logging: the gateway's (--log-format) wins
+        web._announce(sock)
+        thread = threading.Thread(target=interface.run, kwargs={"sockets": [sock]}, name="keyscope-web", daemon=True)
+        thread.start()
+    try:
+        with metrics.shared_directory() as directory:  # made before the workers start: they inherit its name
+            Supervisor(config, sockets, directory).run()
+    finally:
+        if interface is not None and thread is not None:
+            interface.should_exit = True
+            thread.join(timeout=15)

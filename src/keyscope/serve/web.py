@@ -24,7 +24,10 @@ import uvicorn
 from starlette.applications import Starlette
 
 from keyscope.allowlist.table import load as load_endpoints
-from keyscope.core.settings import WORKER_ENV, Settings, listen_address, listen_socket
+from keyscope.core.settings import Settings
+from keyscope.core.settings_option import listen_address
+from keyscope.core.settings_sources import WORKER_ENV
+from keyscope.serve.sockets import listen_socket
 from keyscope.store import store_from_url
 from keyscope.web.app import create_web_app
 
@@ -34,7 +37,8 @@ WEB_OPTIONS: dict[str, Any] = {
     "access_log": False,
     "proxy_headers": False,
     "server_header": False,
-    "log_level": "info",
+    # logging is the gateway's (--log-format, --log-level): a second uvicorn.Config must not configure it again
+    "log_config": None,
     "timeout_graceful_shutdown": 10,
 }
 

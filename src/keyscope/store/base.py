@@ -8,7 +8,7 @@ resource, the protected `default` application, and cascades that only ever narro
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from keyscope.core.models import (
@@ -21,6 +21,8 @@ from keyscope.core.models import (
     KeyUpdate,
     Page,
 )
+from keyscope.core.ratelimits import RateLimit
+from keyscope.store.audit import Audit, AuditRecord
 
 
 class StoreError(Exception):
@@ -61,7 +63,8 @@ class StoreUnavailable(StoreError):
 class Store(abc.ABC):
     """Async storage of applications, entities, associations and keys.
 
-    Every method is one transaction: it either applies whole or leaves the store as it was.
+    Every method is one transaction: it either applies whole or leaves the store as it was. A write given an
+    `audit` (`keyscope.store.audit`) writes its record in that same transaction and leaves it on `audit.record`.
     `revision()` grows with every write that can change what a key may do, so that caches elsewhere can
     tell when to drop entries.
     """
@@ -78,7 +81,7 @@ class Store(abc.ABC):
 
     # applications ----------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def create_application(self, app: Application) -> None:
+    async def create_application(self, app: Application, *, audit: Audit | None = None) -> None:
         """Raises Conflict if the id exists."""
 
     @abc.abstractmethod
@@ -90,17 +93,25 @@ class Store(abc.ABC):
         """Ordered by id; `search` matches a substring of the id or the name, case-insensitively."""
 
     @abc.abstractmethod
-    async def rename_application(self, application_id: str, name: str | None) -> None:
+    async def rename_application(
+        self, application_id: str, name: str | None, *, audit: Audit | None = None
+    ) -> None:
         """Raises NotFound."""
 
+    async def set_application_rate_limits(
+        self, application_id: str, limits: Sequence[RateLimit], *, audit: Audit | None = None
+    ) -> None:
+        """Replaces the application's rate limits (a revision change: key records carry them). Raises NotFound."""
+        raise NotImplementedError
+
     @abc.abstractmethod
-    async def delete_application(self, application_id: str) -> CascadeReport:
+    async def delete_application(self, application_id: str, *, audit: Audit | None = None) -> CascadeReport:
         """Raises NotFound, or Protected for `default`. Removes associations and key entries naming it;
         a key left with no entries is disabled, never made primary."""
 
     # entities --------------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def create_entity(self, entity: Entity) -> None: ...
+    async def create_entity(self, entity: Entity, *, audit: Audit | None = None) -> None: ...
 
     @abc.abstractmethod
     async def get_entity(self, entity_id: str) -> Entity: ...
@@ -109,19 +120,19 @@ class Store(abc.ABC):
     async def list_entities(self, page: int, size: int, search: str | None = None) -> Page[Entity]: ...
 
     @abc.abstractmethod
-    async def rename_entity(self, entity_id: str, name: str | None) -> None: ...
+    async def rename_entity(self, entity_id: str, name: str | None, *, audit: Audit | None = None) -> None: ...
 
     @abc.abstractmethod
-    async def delete_entity(self, entity_id: str) -> CascadeReport: ...
+    async def delete_entity(self, entity_id: str, *, audit: Audit | None = None) -> CascadeReport: ...
 
     # associations ----------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def create_association(self, association: Association) -> None:
+    async def create_association(self, association: Association, *, audit: Audit | None = None) -> None:
         """Raises MissingReference (applicationId / entityId), or Conflict if the resource
         (resource_type, channel, resource_id) is already associated."""
 
     @abc.abstractmethod
-    async def delete_association(self, association: Association) -> None:
+    async def delete_association(self, association: Association, *, audit: Audit | None = None) -> None:
         """Raises NotFound unless exactly this association exists."""
 
     @abc.abstractmethod
@@ -135,7 +146,7 @@ class Store(abc.ABC):
 
     # keys ------------------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def create_key(self, key: ApiKey) -> ApiKey:
+    async def create_key(self, key: ApiKey, *, audit: Audit | None = None) -> ApiKey:
         """Stores the key; entries' `key` fields are assigned here. Raises MissingReference
         (`platform[i].applicationId` / `platform[i].entityId`) or Conflict on a duplicate id/hash."""
 
@@ -154,11 +165,11 @@ class Store(abc.ABC):
         """Ordered by id; `name` matches a substring of the key's name, case-insensitively."""
 
     @abc.abstractmethod
-    async def update_key(self, key_id: str, update: KeyUpdate) -> ApiKey:
+    async def update_key(self, key_id: str, update: KeyUpdate, *, audit: Audit | None = None) -> ApiKey:
         """Applies the set fields; a given platform replaces all entries. Raises NotFound, MissingReference."""
 
     @abc.abstractmethod
-    async def delete_key(self, key_id: str) -> None:
+    async def delete_key(self, key_id: str, *, audit: Audit | None = None) -> None:
         """Raises NotFound."""
 
     @abc.abstractmethod
@@ -182,3 +193,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def record_key_use(self, last_used: dict[str, datetime]) -> None:
         """Batch-writes last-used times (key id -> time); called off the request path."""
+
+    # the audit trail -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def list_audit(
+        self, object_id: str | None, page: int, size: int, kind: str | None = None
+    ) -> Page[AuditRecord]:
+        """Records naming the object (with `kind`, only as that kind; without `object_id`, every record),
+        newest first."""

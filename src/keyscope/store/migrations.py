@@ -87,6 +87,37 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX key_entries_entity ON key_entries (entity_id)",
         ),
     ),
+    Migration(
+        2,
+        "the audit trail: one record per management change, indexed by every object it names",
+        (
+            # seq comes from this counter, bumped in the change's own transaction (no gaps, one order on both
+            # databases); the record's JSON holds its objects, details and what a cascade removed
+            "INSERT INTO meta (name, value) VALUES ('audit', 0)",
+            "CREATE TABLE audit_log ("
+            " seq {counter} PRIMARY KEY,"
+            " at TEXT NOT NULL,"
+            " principal TEXT NOT NULL,"
+            " action TEXT NOT NULL,"
+            " record TEXT NOT NULL)",
+            "CREATE TABLE audit_objects ("
+            " object_id {ident} NOT NULL,"
+            " kind {ident} NOT NULL,"
+            " seq {counter} NOT NULL,"
+            " PRIMARY KEY (object_id, kind, seq))",
+            "CREATE INDEX audit_objects_seq ON audit_objects (seq)",
+        ),
+    ),
+    Migration(
+        3,
+        "rate limits on keys and applications, and a key's enforce flag (shadow mode)",
+        (
+            # JSON TEXT: [{"requests": N, "per": "second|minute|hour|day"}, ...] (keyscope.core.ratelimits)
+            "ALTER TABLE api_keys ADD COLUMN rate_limits TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE api_keys ADD COLUMN enforce INTEGER NOT NULL DEFAULT 1 CHECK (enforce IN (0, 1))",
+            "ALTER TABLE applications ADD COLUMN rate_limits TEXT NOT NULL DEFAULT '[]'",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

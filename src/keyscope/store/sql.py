@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar
 
+from keyscope.core import ratelimits
 from keyscope.core.keys import new_entry_key
 from keyscope.core.models import (
     DEFAULT_APPLICATION,
@@ -31,6 +32,9 @@ from keyscope.core.models import (
     PlatformEntry,
     PlatformLink,
 )
+from keyscope.core.ratelimits import RateLimit
+from keyscope.store.audit import KEEP as AUDIT_KEEP
+from keyscope.store.audit import Audit, AuditRecord, object_name, split_object
 from keyscope.store.base import Conflict, MissingReference, NotFound, Protected, Store, StoreUnavailable
 from keyscope.store.migrations import LATEST, MIGRATIONS, VERSION_TABLE
 
@@ -89,13 +93,18 @@ def _marks(count: int) -> str:
 
 _KEY_COLUMNS = (
     "k.id, k.name, k.secret_hash, k.prefix, k.allowed_ips, k.valid_from, k.valid_to, k.enabled,"
-    " k.created_at, k.last_used_at, e.entry_key, e.application_id, e.entity_id, e.action"
+    " k.created_at, k.last_used_at, e.entry_key, e.application_id, e.entity_id, e.action, k.rate_limits, k.enforce"
 )
 _KEYS_WHERE = (
     f"SELECT {_KEY_COLUMNS} FROM api_keys k LEFT JOIN key_entries e ON e.key_id = k.id"
     " WHERE {where} ORDER BY k.id, e.position"
 )
-_FIND_BY_HASH = _KEYS_WHERE.format(where="k.secret_hash = ?")
+# the gateway's lookup also reads the limits of the applications the entries name, in the same round trip
+_FIND_BY_HASH = (
+    f"SELECT {_KEY_COLUMNS}, a.rate_limits FROM api_keys k LEFT JOIN key_entries e ON e.key_id = k.id"
+    " LEFT JOIN applications a ON a.application_id = e.application_id"
+    " WHERE k.secret_hash = ? ORDER BY k.id, e.position"
+)
 _ASSOCIATION_COLUMNS = "resource_type, channel, application_id, entity_id, resource_id"
 
 
@@ -115,16 +124,29 @@ def _keys_from_rows(rows: list[Row]) -> list[ApiKey]:
     keys: list[ApiKey] = []
     current: Row | None = None
     entries: list[PlatformEntry] = []
+    applications: dict[str, tuple[RateLimit, ...]] = {}  # with _FIND_BY_HASH: the entries' applications' limits
     for row in rows:
         if current is None or row[0] != current[0]:
             if current is not None:
-                keys.append(_key(current, entries))
-            current, entries = row, []
+                keys.append(_key(current, entries, applications))
+            current, entries, applications = row, [], {}
         if row[10] is not None:
             entries.append(PlatformEntry(row[10], row[11], row[12], row[13]))
+            if len(row) > 16 and row[16] is not None and row[16] != "[]":
+                applications[row[11]] = _rate_limits(row[16])
     if current is not None:
-        keys.append(_key(current, entries))
+        keys.append(_key(current, entries, applications))
     return keys
+
+
+@lru_cache(maxsize=4096)
+def _rate_limits(text: str) -> tuple[RateLimit, ...]:
+    """A stored `rate_limits` column (JSON, written by keyscope itself)."""
+    return tuple(RateLimit(item["requests"], item["per"]) for item in json.loads(text)) if text != "[]" else ()
+
+
+def _rate_limits_text(limits: Sequence[RateLimit]) -> str:
+    return json.dumps(ratelimits.to_doc(limits))
 
 
 @lru_cache(maxsize=4096)
@@ -133,7 +155,7 @@ def _allowed_ips(text: str) -> tuple[str, ...]:
     return tuple(json.loads(text))
 
 
-def _key(row: Row, entries: list[PlatformEntry]) -> ApiKey:
+def _key(row: Row, entries: list[PlatformEntry], applications: dict[str, tuple[RateLimit, ...]]) -> ApiKey:
     return ApiKey(
         id=row[0],
         name=row[1],
@@ -146,6 +168,9 @@ def _key(row: Row, entries: list[PlatformEntry]) -> ApiKey:
         platform=tuple(entries),
         created_at=datetime.fromisoformat(row[8]),
         last_used=datetime.fromisoformat(row[9]) if row[9] is not None else None,
+        rate_limits=_rate_limits(row[14]),
+        enforce=bool(row[15]),
+        application_limits=tuple(applications.items()),
     )
 
 
@@ -224,33 +249,48 @@ class SQLStore(Store):
             )
 
     # applications and entities --------------------------------------------------------------------
-    async def create_application(self, app: Application) -> None:
+    async def create_application(self, app: Application, *, audit: Audit | None = None) -> None:
         await self._create_named("applications", "application_id", "application", app.application_id,
-                                 app.application_name)
+                                 app.application_name, audit, {"rate_limits": _rate_limits_text(app.rate_limits)})
 
     async def get_application(self, application_id: str) -> Application:
         row = await self._read_one(
-            "SELECT application_id, application_name FROM applications WHERE application_id = ?",
+            "SELECT application_id, application_name, rate_limits FROM applications WHERE application_id = ?",
             (application_id,),
         )
         if row is None:
             raise NotFound("application", application_id)
-        return Application(row[0], row[1])
+        return Application(row[0], row[1], _rate_limits(row[2]))
 
     async def list_applications(self, page: int, size: int, search: str | None = None) -> Page[Application]:
-        total, rows = await self._list_named("applications", "application_id", page, size, search)
-        return Page([Application(row[0], row[1]) for row in rows], page, size, total)
+        total, rows = await self._list_named("applications", "application_id", page, size, search, ", rate_limits")
+        return Page([Application(row[0], row[1], _rate_limits(row[2])) for row in rows], page, size, total)
 
-    async def rename_application(self, application_id: str, name: str | None) -> None:
-        await self._rename("applications", "application_id", "application", application_id, name)
+    async def set_application_rate_limits(
+        self, application_id: str, limits: Sequence[RateLimit], *, audit: Audit | None = None
+    ) -> None:
+        """Replaces the application's limits; a revision change, since key records carry them (the gateway's
+        cached keys are dropped)."""
+        async with self._write() as tx:
+            changed = await tx.execute("UPDATE applications SET rate_limits = ? WHERE application_id = ?",
+                                       (_rate_limits_text(limits), application_id))
+            if not changed:
+                raise NotFound("application", application_id)
+            await self._changed(tx)
+            await self._audit(tx, audit)
 
-    async def delete_application(self, application_id: str) -> CascadeReport:
+    async def rename_application(
+        self, application_id: str, name: str | None, *, audit: Audit | None = None
+    ) -> None:
+        await self._rename("applications", "application_id", "application", application_id, name, audit)
+
+    async def delete_application(self, application_id: str, *, audit: Audit | None = None) -> CascadeReport:
         if application_id == DEFAULT_APPLICATION:
             raise Protected(f"the {DEFAULT_APPLICATION!r} application cannot be deleted")
-        return await self._delete_named("applications", "application_id", "application", application_id)
+        return await self._delete_named("applications", "application_id", "application", application_id, audit)
 
-    async def create_entity(self, entity: Entity) -> None:
-        await self._create_named("entities", "entity_id", "entity", entity.entity_id, entity.entity_name)
+    async def create_entity(self, entity: Entity, *, audit: Audit | None = None) -> None:
+        await self._create_named("entities", "entity_id", "entity", entity.entity_id, entity.entity_name, audit)
 
     async def get_entity(self, entity_id: str) -> Entity:
         row = await self._read_one("SELECT entity_id, entity_name FROM entities WHERE entity_id = ?", (entity_id,))
@@ -262,22 +302,29 @@ class SQLStore(Store):
         total, rows = await self._list_named("entities", "entity_id", page, size, search)
         return Page([Entity(row[0], row[1]) for row in rows], page, size, total)
 
-    async def rename_entity(self, entity_id: str, name: str | None) -> None:
-        await self._rename("entities", "entity_id", "entity", entity_id, name)
+    async def rename_entity(self, entity_id: str, name: str | None, *, audit: Audit | None = None) -> None:
+        await self._rename("entities", "entity_id", "entity", entity_id, name, audit)
 
-    async def delete_entity(self, entity_id: str) -> CascadeReport:
-        return await self._delete_named("entities", "entity_id", "entity", entity_id)
+    async def delete_entity(self, entity_id: str, *, audit: Audit | None = None) -> CascadeReport:
+        return await self._delete_named("entities", "entity_id", "entity", entity_id, audit)
 
-    async def _create_named(self, table: str, column: str, kind: str, ident: str, name: str | None) -> None:
+    async def _create_named(
+        self, table: str, column: str, kind: str, ident: str, name: str | None, audit: Audit | None = None,
+        more: dict[str, Any] | None = None,
+    ) -> None:
         name_column = column.replace("_id", "_name")
+        more = more or {}
+        columns = ", ".join((column, name_column, *more))
         try:
             async with self._write() as tx:
-                await tx.execute(f"INSERT INTO {table} ({column}, {name_column}) VALUES (?, ?)", (ident, name))
+                await tx.execute(f"INSERT INTO {table} ({columns}) VALUES ({_marks(2 + len(more))})",
+                                 (ident, name, *more.values()))
+                await self._audit(tx, audit)
         except UniqueViolation:
             raise Conflict(kind, ident) from None
 
     async def _list_named(
-        self, table: str, column: str, page: int, size: int, search: str | None
+        self, table: str, column: str, page: int, size: int, search: str | None, more: str = ""
     ) -> tuple[int, list[Row]]:
         _check_paging(page, size)
         name_column = column.replace("_id", "_name")
@@ -292,22 +339,29 @@ class SQLStore(Store):
         async with self._read() as tx:
             total = await tx.fetchone(f"SELECT COUNT(*) FROM {table}{where}", args)
             rows = await tx.fetchall(
-                f"SELECT {column}, {name_column} FROM {table}{where} ORDER BY {column} LIMIT ? OFFSET ?",
+                f"SELECT {column}, {name_column}{more} FROM {table}{where} ORDER BY {column} LIMIT ? OFFSET ?",
                 (*args, size, page * size),
             )
         return (total[0] if total else 0), rows
 
-    async def _rename(self, table: str, column: str, kind: str, ident: str, name: str | None) -> None:
+    async def _rename(
+        self, table: str, column: str, kind: str, ident: str, name: str | None, audit: Audit | None = None
+    ) -> None:
         name_column = column.replace("_id", "_name")
         async with self._write() as tx:
             changed = await tx.execute(f"UPDATE {table} SET {name_column} = ? WHERE {column} = ?", (name, ident))
             if not changed:
                 raise NotFound(kind, ident)
+            await self._audit(tx, audit)
 
-    async def _delete_named(self, table: str, column: str, kind: str, ident: str) -> CascadeReport:
-        return await self._retrying(lambda: self._cascade_delete(table, column, kind, ident))
+    async def _delete_named(
+        self, table: str, column: str, kind: str, ident: str, audit: Audit | None = None
+    ) -> CascadeReport:
+        return await self._retrying(lambda: self._cascade_delete(table, column, kind, ident, audit))
 
-    async def _cascade_delete(self, table: str, column: str, kind: str, ident: str) -> CascadeReport:
+    async def _cascade_delete(
+        self, table: str, column: str, kind: str, ident: str, audit: Audit | None = None
+    ) -> CascadeReport:
         """Removes the id with everything naming it, in one transaction.
 
         A key entry naming a pair goes when either part goes. A key losing its last entry is disabled in
@@ -324,19 +378,46 @@ class SQLStore(Store):
             emptied = await tx.fetchall(
                 f"SELECT k.id FROM api_keys k WHERE {naming} AND {only_naming} ORDER BY k.id", (ident, ident)
             )
+            touched = await self._cascade_reach(tx, column, ident) if audit is not None else None
             await tx.execute(f"UPDATE api_keys SET enabled = 0 WHERE id IN (SELECT k.id FROM api_keys k"
                              f" WHERE {naming} AND {only_naming})", (ident, ident))
             associations = await tx.execute(f"DELETE FROM associations WHERE {column} = ?", (ident,))
             entries = await tx.execute(f"DELETE FROM key_entries WHERE {column} = ?", (ident,))
             await tx.execute(f"DELETE FROM {table} WHERE {column} = ?", (ident,))
             await self._changed(tx)
-        return CascadeReport(associations, entries, tuple(row[0] for row in emptied))
+            report = CascadeReport(associations, entries, tuple(row[0] for row in emptied))
+            if touched is not None:
+                unlinked, related = touched
+                cascade = {
+                    "associationsRemoved": associations,
+                    "entriesRemoved": entries,
+                    "keysUnlinked": unlinked,
+                    "keysDisabled": list(report.keys_disabled),
+                }
+                await self._audit(tx, audit, related=related, cascade=cascade)
+        return report
+
+    async def _cascade_reach(self, tx: Transaction, column: str, ident: str) -> tuple[list[str], list[str]]:
+        """For the audit record, before a cascade runs: the keys that lose entries, and every object the
+        cascade touches (those keys, and the ids paired with `ident` in the associations and entries it
+        removes), as `kind:id` names."""
+        other, other_kind = ("entity_id", "entity") if column == "application_id" else ("application_id", "application")
+        keys = [row[0] for row in await tx.fetchall(
+            f"SELECT DISTINCT key_id FROM key_entries WHERE {column} = ? ORDER BY key_id", (ident,)
+        )]
+        paired = await tx.fetchall(
+            f"SELECT {other} FROM associations WHERE {column} = ? AND {other} IS NOT NULL"
+            f" UNION SELECT {other} FROM key_entries WHERE {column} = ? AND {other} IS NOT NULL ORDER BY 1",
+            (ident, ident),
+        )
+        related = [object_name("key", key) for key in keys] + [object_name(other_kind, row[0]) for row in paired]
+        return keys, related
 
     # associations ---------------------------------------------------------------------------------
-    async def create_association(self, association: Association) -> None:
-        await self._retrying(lambda: self._create_association(association))
+    async def create_association(self, association: Association, *, audit: Audit | None = None) -> None:
+        await self._retrying(lambda: self._create_association(association, audit))
 
-    async def _create_association(self, a: Association) -> None:
+    async def _create_association(self, a: Association, audit: Audit | None = None) -> None:
         try:
             async with self._write() as tx:
                 await self._require(tx, "applications", "application_id", a.application_id, "applicationId")
@@ -346,16 +427,18 @@ class SQLStore(Store):
                     f"INSERT INTO associations ({_ASSOCIATION_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
                     (a.resource_type, a.channel, a.application_id, a.entity_id, a.resource_id),
                 )
+                await self._audit(tx, audit)
         except UniqueViolation:
             raise Conflict("association", f"{a.resource_type}/{a.channel}/{a.resource_id}") from None
 
-    async def delete_association(self, association: Association) -> None:
+    async def delete_association(self, association: Association, *, audit: Audit | None = None) -> None:
         a = association
         where, args = _exact_association(a.resource_type, a.channel, a.application_id, a.resource_id, a.entity_id)
         async with self._write() as tx:
             removed = await tx.execute(f"DELETE FROM associations WHERE {where}", args)
             if not removed:
                 raise NotFound("association", f"{a.resource_type}/{a.channel}/{a.resource_id}")
+            await self._audit(tx, audit)
 
     async def get_association(
         self, resource_type: str, channel: str, application_id: str, resource_id: str, entity_id: str | None
@@ -386,10 +469,10 @@ class SQLStore(Store):
         return Page([Association(*row) for row in rows], page, size, total[0] if total else 0)
 
     # keys -----------------------------------------------------------------------------------------
-    async def create_key(self, key: ApiKey) -> ApiKey:
-        return await self._retrying(lambda: self._create_key(key))
+    async def create_key(self, key: ApiKey, *, audit: Audit | None = None) -> ApiKey:
+        return await self._retrying(lambda: self._create_key(key, audit))
 
-    async def _create_key(self, key: ApiKey) -> ApiKey:
+    async def _create_key(self, key: ApiKey, audit: Audit | None = None) -> ApiKey:
         entries = tuple(
             PlatformEntry(new_entry_key(), entry.application_id, entry.entity_id, entry.action)
             for entry in key.platform
@@ -400,7 +483,8 @@ class SQLStore(Store):
                 await self._require_links(tx, entries)
                 await tx.execute(
                     "INSERT INTO api_keys (id, name, secret_hash, prefix, allowed_ips, valid_from, valid_to,"
-                    " enabled, created_at, last_used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " enabled, created_at, last_used_at, rate_limits, enforce)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         key.id,
                         key.name,
@@ -412,10 +496,13 @@ class SQLStore(Store):
                         int(key.enabled),
                         to_text(created),
                         to_text(key.last_used) if key.last_used is not None else None,
+                        _rate_limits_text(key.rate_limits),
+                        int(key.enforce),
                     ),
                 )
                 await self._insert_entries(tx, key.id, entries)
                 await self._changed(tx)
+                await self._audit(tx, audit)
                 return await self._key_in(tx, key.id)
         except UniqueViolation:
             raise Conflict("apiKey", key.id) from None
@@ -455,10 +542,10 @@ class SQLStore(Store):
             )
         return Page(_keys_from_rows(rows), page, size, total[0] if total else 0)
 
-    async def update_key(self, key_id: str, update: KeyUpdate) -> ApiKey:
-        return await self._retrying(lambda: self._update_key(key_id, update))
+    async def update_key(self, key_id: str, update: KeyUpdate, *, audit: Audit | None = None) -> ApiKey:
+        return await self._retrying(lambda: self._update_key(key_id, update, audit))
 
-    async def _update_key(self, key_id: str, update: KeyUpdate) -> ApiKey:
+    async def _update_key(self, key_id: str, update: KeyUpdate, audit: Audit | None = None) -> ApiKey:
         columns: dict[str, Any] = {}
         if update.name is not UNSET:
             columns["name"] = update.name
@@ -470,6 +557,10 @@ class SQLStore(Store):
             columns["valid_to"] = to_text(update.valid_to)  # type: ignore[arg-type]
         if update.enabled is not UNSET:
             columns["enabled"] = int(bool(update.enabled))
+        if update.rate_limits is not UNSET:
+            columns["rate_limits"] = _rate_limits_text(update.rate_limits)  # type: ignore[arg-type]
+        if update.enforce is not UNSET:
+            columns["enforce"] = int(bool(update.enforce))
         async with self._write() as tx:
             if await tx.fetchone("SELECT 1 FROM api_keys WHERE id = ?", (key_id,)) is None:
                 raise NotFound("apiKey", key_id)
@@ -486,13 +577,22 @@ class SQLStore(Store):
                 await tx.execute("DELETE FROM key_entries WHERE key_id = ?", (key_id,))
                 await self._insert_entries(tx, key_id, entries)
             await self._changed(tx)
+            await self._audit(tx, audit)
             return await self._key_in(tx, key_id)
 
-    async def delete_key(self, key_id: str) -> None:
+    async def delete_key(self, key_id: str, *, audit: Audit | None = None) -> None:
         async with self._write() as tx:
+            related: list[str] = []
+            if audit is not None:  # the record names what the key was linked to, read before it goes
+                for row in await tx.fetchall(
+                    "SELECT application_id, entity_id FROM key_entries WHERE key_id = ? ORDER BY position", (key_id,)
+                ):
+                    related += [object_name(kind, ident) for kind, ident in zip(("application", "entity"), row)
+                                if ident is not None]
             if not await tx.execute("DELETE FROM api_keys WHERE id = ?", (key_id,)):
                 raise NotFound("apiKey", key_id)
             await self._changed(tx)
+            await self._audit(tx, audit, related=related)
 
     async def keys_for_application(self, application_id: str) -> list[ApiKey]:
         return await self._keys_naming("application_id", application_id)
@@ -554,6 +654,56 @@ class SQLStore(Store):
     async def revision(self) -> int:
         row = await self._read_one("SELECT value FROM meta WHERE name = 'revision'")
         return int(row[0]) if row is not None else 0
+
+    # the audit trail ------------------------------------------------------------------------------
+    async def _audit(
+        self,
+        tx: Transaction,
+        audit: Audit | None,
+        *,
+        related: Sequence[str] = (),
+        cascade: dict[str, Any] | None = None,
+    ) -> None:
+        """Writes the change's record in its transaction (nothing without an `audit`), keeps the last
+        AUDIT_KEEP records, and leaves the record on `audit.record` (the caller logs it once committed)."""
+        if audit is None:
+            return
+        objects = tuple(dict.fromkeys([*audit.objects, *related]))
+        row = await tx.fetchone("UPDATE meta SET value = value + 1 WHERE name = 'audit' RETURNING value")
+        assert row is not None
+        seq = int(row[0])
+        now = datetime.now(UTC)
+        record = AuditRecord(seq, now, audit.principal, audit.action, objects, audit.details, cascade)
+        await tx.execute(
+            "INSERT INTO audit_log (seq, at, principal, action, record) VALUES (?, ?, ?, ?, ?)",
+            (seq, to_text(now), audit.principal, audit.action, record.stored()),
+        )
+        await tx.executemany(
+            "INSERT INTO audit_objects (object_id, kind, seq) VALUES (?, ?, ?)",
+            [(ident, kind, seq) for kind, ident in map(split_object, objects)],
+        )
+        if seq > AUDIT_KEEP:
+            await tx.execute("DELETE FROM audit_objects WHERE seq <= ?", (seq - AUDIT_KEEP,))
+            await tx.execute("DELETE FROM audit_log WHERE seq <= ?", (seq - AUDIT_KEEP,))
+        audit.record = record
+
+    async def list_audit(
+        self, object_id: str | None, page: int, size: int, kind: str | None = None
+    ) -> Page[AuditRecord]:
+        _check_paging(page, size)
+        where, args = "", ()
+        if object_id is not None:
+            by_kind = " AND kind = ?" if kind is not None else ""
+            where = f" WHERE seq IN (SELECT seq FROM audit_objects WHERE object_id = ?{by_kind})"
+            args = (object_id, kind) if kind is not None else (object_id,)
+        async with self._read() as tx:
+            total = await tx.fetchone(f"SELECT COUNT(*) FROM audit_log{where}", args)
+            rows = await tx.fetchall(
+                f"SELECT seq, at, principal, action, record FROM audit_log{where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+                (*args, size, page * size),
+            )
+        records = [AuditRecord.from_row(int(r[0]), from_text(r[1]), r[2], r[3], r[4]) for r in rows]
+        return Page(records, page, size, total[0] if total else 0)
 
     async def record_key_use(self, last_used: dict[str, datetime]) -> None:
         """Keeps the latest time per key; a key deleted meanwhile is skipped. Not a revision change."""

@@ -103,12 +103,15 @@ class ChangeWatcher:
         """Whether tick() would read the store now: the request path awaits it only then (one clock read)."""
         return not self.pushed and time.monotonic() >= self._next_poll
 
-    async def tick(self) -> None:
-        """Called on every request, before the key lookup; a store round trip at most every `interval`."""
+    async def tick(self, force: bool = False) -> None:
+        """Called on every request, before the key lookup; a store round trip at most every `interval`.
+
+        `force`: read the revision whether or not a read is due, e.g. right after this process changed the store,
+        so that it has heard of its own write before the caller has, rather than on a later request."""
         if self.pushed:
             return
         now = time.monotonic()
-        if now < self._next_poll:
+        if now < self._next_poll and not force:
             return
         self._next_poll = now + self.interval
         try:

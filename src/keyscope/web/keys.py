@@ -15,7 +15,8 @@ from starlette.responses import Response
 
 from keyscope.core.models import ApiKey
 from keyscope.store.base import NotFound
-from keyscope.web.records import page_number
+from keyscope.web.changes import last_changes
+from keyscope.web.records import limits_text, page_number, rate_limits_from
 from keyscope.web.ui import SECURITY_HEADERS, Answer, Handler, Ui, redirect
 
 PAGE_SIZE = 50
@@ -64,10 +65,17 @@ async def create(ui: Ui, request: Request) -> Response:
     doc: dict[str, Any] = {"name": form.get("name", ""), "platform": links}
     if form.get("allowedIPs", "").strip():
         doc["allowedIPs"] = split_ips(form["allowedIPs"])
+    limits = rate_limits_from(form.get("rateLimits", ""))
+    if isinstance(limits, Answer):
+        return await list_page(ui, request, form, limits)
+    if limits:
+        doc["rateLimits"] = limits
+    if form.get("shadow") == "on":
+        doc["enforce"] = False
     for name in ("validFrom", "validTo"):
         if form.get(name, "").strip():
             doc[name] = form[name].strip()
-    answer = await ui.api("POST", "/settings/2/api-keys", doc)
+    answer = await ui.api("POST", "/settings/2/api-keys", doc, by=request)
     if not answer.ok:
         return await list_page(ui, request, form, answer)
     created = answer.doc
@@ -90,13 +98,15 @@ async def show(ui: Ui, request: Request, form: dict[str, str] | None = None, ans
         rows = [{"app": r["applicationId"] or "", "ent": r["entityId"] or "", "action": r["action"] or ""}
                 for r in links_from(form)] + [{"app": "", "ent": "", "action": ""}] * BLANK_ROWS
     status = answer.status if answer is not None else 200
-    return ui.render(request, "key.html", status, key=key, rows=rows, form=form or {}, answer=answer)
+    return ui.render(request, "key.html", status, key=key, rows=rows, form=form or {}, answer=answer,
+                     limits=limits_text(key.rate_limits),
+                     changes=await last_changes(ui.store, "key", key.id))
 
 
 async def _update(ui: Ui, request: Request, doc: dict[str, Any], done: str) -> Response:
     form = request.state.form
     ident = form.get("id", "")
-    answer = await ui.api("PUT", f"/settings/2/api-keys/{ident}", doc)
+    answer = await ui.api("PUT", f"/settings/2/api-keys/{ident}", doc, by=request)
     if not answer.ok:
         return await show(ui, request, form, answer)
     request.state.session.flash.append(done)
@@ -123,6 +133,11 @@ async def settings(ui: Ui, request: Request) -> Response:
     for name in ("validFrom", "validTo"):
         if form.get(name, "").strip():
             doc[name] = form[name].strip()
+    limits = rate_limits_from(form.get("rateLimits", ""))
+    if isinstance(limits, Answer):
+        return await show(ui, request, form, limits)
+    doc["rateLimits"] = limits
+    doc["enforce"] = form.get("shadow") != "on"
     return await _update(ui, request, doc, "Saved the key's settings.")
 
 

@@ -3,19 +3,23 @@
 Both kinds share one set of handlers, parametrised by `Kind`. Deleting first shows what the store's cascade
 will remove, computed from the same store (associations, the key links naming the id, the keys left with no
 link, which the cascade disables); the delete itself is the management API's, and its report is what the
-page then says happened.
+page then says happened. An application's page also sets its rate limits (every key linked to it spends from
+them together).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from keyscope.core import ratelimits
 from keyscope.core.models import CHANNELS, RESOURCE_TYPES, ApiKey, Association, AssociationFilter, PlatformEntry
 from keyscope.store.base import NotFound
+from keyscope.web.changes import last_changes
 from keyscope.web.ui import Answer, Handler, Ui, redirect
 
 PAGE_SIZE = 20
@@ -43,6 +47,24 @@ APPS = Kind("application", "applications", "/applications", "/provisioning/1/app
             "applicationId", "applicationName", "entityId")
 ENTITIES = Kind("entity", "entities", "/entities", "/provisioning/1/entities",
                 "entityId", "entityName", "applicationId")
+
+
+def rate_limits_from(text: str) -> list[dict[str, Any]] | Answer:
+    """The rate limits of a form's field, one `100/s` (or `5000/day`) per line or comma; a 400 naming the field
+    for one that is not. Empty: none."""
+    limits = []
+    for part in (part.strip() for part in re.split(r"[\n,]+", text)):
+        if part:
+            try:
+                limits.append(ratelimits.parse(part).to_doc())
+            except ValueError as exc:
+                return Answer(400, None, str(exc), {"rateLimits": str(exc)})
+    return limits
+
+
+def limits_text(limits: Any) -> str:
+    """Rate limits as the form shows them: `100/second`, one per line."""
+    return "\n".join(str(limit) for limit in limits)
 
 
 def page_number(raw: str | None) -> int:
@@ -74,7 +96,8 @@ def _row(kind: Kind, item: Any) -> tuple[str, str | None]:
 async def create(ui: Ui, request: Request, kind: Kind) -> Response:
     form = request.state.form
     ident = form.get(kind.id_field, "")
-    answer = await ui.api("POST", kind.api, {kind.id_field: ident, kind.name_field: form.get(kind.name_field) or None})
+    doc = {kind.id_field: ident, kind.name_field: form.get(kind.name_field) or None}
+    answer = await ui.api("POST", kind.api, doc, by=request)
     if not answer.ok:
         if answer.status == 409:
             answer = Answer(409, answer.doc, f"An {kind.noun} with the id {ident!r} already exists.", answer.problems)
@@ -125,18 +148,40 @@ async def show(ui: Ui, request: Request, kind: Kind, form: dict[str, str] | None
             if kind.ident(entry) == record_id and other is not None:
                 paired.setdefault(other, []).append(f"key {key.name!r}")
     status = answer.status if answer is not None else 200
+    limits = (await ui.store.get_application(record_id)).rate_limits if kind is APPS else ()
     return ui.render(request, "record.html", status, kind=kind, ident=record_id, name=name,
+                     rate_limits=limits, limits=limits_text(limits),
                      associations=associations, total=total, keys=keys, paired=sorted(paired.items()),
-                     form=form or {}, answer=answer, resource_types=RESOURCE_TYPES, channels=CHANNELS)
+                     form=form or {}, answer=answer, resource_types=RESOURCE_TYPES, channels=CHANNELS,
+                     changes=await last_changes(ui.store, kind.noun, record_id))
 
 
 async def rename(ui: Ui, request: Request, kind: Kind) -> Response:
     form = request.state.form
     ident = form.get("id", "")
-    answer = await ui.api("PUT", f"{kind.api}/{ident}", {kind.name_field: form.get(kind.name_field) or None})
+    answer = await ui.api("PUT", f"{kind.api}/{ident}", {kind.name_field: form.get(kind.name_field) or None},
+                          by=request)
     if not answer.ok:
         return await show(ui, request, kind, form, answer)
     request.state.session.flash.append(f"Saved the alias of {kind.noun} {ident}.")
+    return redirect(f"{kind.base}/show", id=ident)
+
+
+async def limit(ui: Ui, request: Request, kind: Kind) -> Response:
+    """An application's rate limits, replaced (the alias is sent back as it is: a PUT sets it too)."""
+    form = request.state.form
+    ident = form.get("id", "")
+    limits = rate_limits_from(form.get("rateLimits", ""))
+    if isinstance(limits, Answer):
+        return await show(ui, request, kind, form, limits)
+    try:
+        _, name = await _record(ui, kind, ident)
+    except NotFound:
+        return ui.render(request, "error.html", 404, message=f"There is no {kind.noun} {ident!r}.")
+    answer = await ui.api("PUT", f"{kind.api}/{ident}", {kind.name_field: name, "rateLimits": limits}, by=request)
+    if not answer.ok:
+        return await show(ui, request, kind, form, answer)
+    request.state.session.flash.append(f"Saved the rate limits of {kind.noun} {ident}.")
     return redirect(f"{kind.base}/show", id=ident)
 
 
@@ -167,7 +212,7 @@ async def confirm_delete(ui: Ui, request: Request, kind: Kind, answer: Answer | 
 
 async def delete(ui: Ui, request: Request, kind: Kind) -> Response:
     ident = request.state.form.get("id", "")
-    answer = await ui.api("DELETE", f"{kind.api}/{ident}")
+    answer = await ui.api("DELETE", f"{kind.api}/{ident}", by=request)
     if not answer.ok:
         return await confirm_delete(ui, request, kind, answer)
     report = answer.doc
@@ -192,7 +237,7 @@ def _association_doc(form: dict[str, str]) -> dict[str, Any]:
 
 async def associate(ui: Ui, request: Request) -> Response:
     form = request.state.form
-    answer = await ui.api("POST", "/provisioning/1/associations", _association_doc(form))
+    answer = await ui.api("POST", "/provisioning/1/associations", _association_doc(form), by=request)
     if not answer.ok:
         if answer.status == 409:
             answer = Answer(409, answer.doc, "This resource is already associated.", answer.problems)
@@ -205,7 +250,7 @@ async def associate(ui: Ui, request: Request) -> Response:
 
 async def dissociate(ui: Ui, request: Request) -> Response:
     form = request.state.form
-    answer = await ui.api("DELETE", "/provisioning/1/associations", _association_doc(form))
+    answer = await ui.api("DELETE", "/provisioning/1/associations", _association_doc(form), by=request)
     if not answer.ok:
         return await show(ui, request, APPS, form, answer)
     removed = f"{form.get('resourceType')} {form.get('resourceId')}"
@@ -229,6 +274,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
         (kind.base, "POST", _for(kind, create)),
         (f"{kind.base}/show", "GET", _for(kind, show)),
         (f"{kind.base}/rename", "POST", _for(kind, rename)),
+        *([(f"{kind.base}/limits", "POST", _for(kind, limit))] if kind is APPS else []),
         (f"{kind.base}/delete", "GET", _for(kind, confirm_delete)),
         (f"{kind.base}/delete", "POST", _for(kind, delete)),
     )

@@ -1,10 +1,14 @@
 """Sign-in sessions and CSRF tokens for the web interface, kept in memory on the server.
 
-The cookie carries only a random session id; the table holds its SHA-256, the CSRF token of the session and
-when it was last used. A session ends on sign-out, after `idle_timeout` seconds without a request, or when the
-process restarts (operators sign in again: nothing about a session is worth persisting). The CSRF token is
-per session and checked on every POST; together with `SameSite=Strict` and the Origin check this keeps other
-sites from submitting the interface's forms.
+The cookie carries only a random session id; the table holds its SHA-256, the CSRF token of the session,
+when it was last used and the sign-in's name. Everyone signs in with the admin token, so a session cannot say
+which person it is: the audit trail names its changes `web:<sign-in>`, a random label drawn at sign-in (never
+derived from the cookie), and the sign-in itself is logged on `keyscope.audit` with that label, the client's
+address and the time, which is what ties a change made in the interface to where it came from. A session
+ends on sign-out, after `idle_timeout` seconds without a request, or when the process restarts (operators
+sign in again: nothing about a session is worth persisting). The CSRF token is per session and checked on
+every POST; together with `SameSite=Strict` and the Origin check this keeps other sites from submitting the
+interface's forms.
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ class Session:
     csrf: str
     last_seen: float
     flash: list[str] = field(default_factory=list)  # messages for the next page shown
+    signin: str = field(default_factory=lambda: secrets.token_hex(4))  # the sign-in's name, not a secret
+
+    @property
+    def principal(self) -> str:
+        """Who the audit trail says made a change through this session."""
+        return f"web:{self.signin}"
 
 
 class Sessions:

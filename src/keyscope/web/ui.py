@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from keyscope.store.base import Store, StoreUnavailable
 from keyscope.web.session import Session, Sessions, SignInThrottle, csrf_ok, same_origin
 
 HERE = Path(__file__).parent
+audit_log = logging.getLogger("keyscope.audit")  # sign-ins, which name the `web:<sign-in>` of later changes
 MAX_FORM = 2 * 1024 * 1024  # the explain form carries a request body of up to the gateway's default limit
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
@@ -104,8 +106,12 @@ class Ui:
     def token_matches(self, candidate: str) -> bool:
         return hmac.compare_digest(candidate.encode(), self._token.encode())
 
-    async def api(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None) -> Answer:
-        status, _, raw = await admin.call(self._admin, method, path, body, query, self._token)
+    async def api(
+        self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None, *, by: Request
+    ) -> Answer:
+        """The management API's answer, called as the admin for `by`'s session (the audit trail's principal)."""
+        session: Session = by.state.session
+        status, _, raw = await admin.call(self._admin, method, path, body, query, self._token, session.principal)
         doc = json.loads(raw) if raw else None
         if 200 <= status < 300:
             return Answer(status, doc)
@@ -207,7 +213,9 @@ async def signin(ui: Ui, request: Request) -> Response:
         ui.throttle.failed(client)
         return ui.render(request, "signin.html", 401, error="Wrong admin token.", next=_safe_next(form.get("next")))
     response = redirect(_safe_next(form.get("next")) or "/applications")
-    ui.sessions.start(request, response)
+    session = ui.sessions.start(request, response)
+    audit_log.info("%s signed in from %s", session.principal, client or "unknown",
+                   extra={"fields": {"principal": session.principal, "action": "session.signin", "client": client}})
     return response
 
 
