@@ -143,7 +143,7 @@ class Checks:
         # 3. primary keys may call any path; linked keys only the allowlist
         if recorder is not None:
             recorder.matched(found)
-        shadow = self.shadow or not key.enforce
+        shadow = self.shadows(key)
         # (a refusal is raised as it is made: one held in a local would make a cycle with its traceback)
         if not found and key.platform:
             if not shadow:
@@ -236,14 +236,16 @@ class Checks:
             except StopIteration:
                 return
             try:
-                value, advance = await self._provide(need, receive), procedure.send
+                if need[0] is BODY:  # the need of every request with a body: read in line
+                    value = await read_body(receive, self.max_body_size)
+                else:
+                    value = await self._provide(need)
+                advance = procedure.send
             except Exception as exc:
                 value, advance = exc, procedure.throw
 
-    async def _provide(self, need: Need, receive: Receive) -> Any:
+    async def _provide(self, need: Need) -> Any:
         kind = need[0]
-        if kind is BODY:
-            return await read_body(receive, self.max_body_size)
         if kind is KEY:
             return await self.authenticator.load(need[1])
         if kind is IDS:
@@ -299,6 +301,10 @@ class Checks:
             admission.log(started, scope, accesslog.FAILED, accesslog.CLIENT_GONE)
             return False
         return True
+
+    def shadows(self, key: ApiKey) -> bool:
+        """Whether this key's refusals at steps 3-5 and its rate limits are only noted (shadow mode)."""
+        return self.shadow or not key.enforce
 
     def changed(self) -> None:
         """Keys or ids may have changed (here, in another worker or another instance): drop what is cached."""

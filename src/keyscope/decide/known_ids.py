@@ -24,10 +24,17 @@ class KnownIds:
     def unknown(
         self, application_ids: Iterable[str], entity_ids: Iterable[str]
     ) -> tuple[list[str], list[str]] | None:
-        """The ids not known to exist, to pass to `look_up()`; None when every one is known."""
-        applications = [ident for ident in application_ids if self._applications.get(ident) is None]
-        entities = [ident for ident in entity_ids if self._entities.get(ident) is None]
-        return (applications, entities) if applications or entities else None
+        """The ids not known to exist, to pass to `look_up()`; None when every one is known (nearly always:
+        then nothing is allocated)."""
+        known_application, known_entity = self._applications.get, self._entities.get
+        if all(known_application(ident) for ident in application_ids) and all(
+            known_entity(ident) for ident in entity_ids
+        ):
+            return None
+        return (
+            [ident for ident in application_ids if known_application(ident) is None],
+            [ident for ident in entity_ids if known_entity(ident) is None],
+        )
 
     async def look_up(self, applications: Sequence[str], entities: Sequence[str]) -> None:
         """Ask the store; remember what exists; Refusal(400) naming the first missing id (503 if no store)."""

@@ -154,7 +154,7 @@ class Authorizer:
             return
         if admission.changed:  # FILL/FORCE: refused, or in shadow mode admitted as sent and noted
             assert admission.key is not None
-            if not (self.checks.shadow or not admission.key.enforce):
+            if not self.checks.shadows(admission.key):
                 await admission.refused(scope, send, REWRITE_NEEDS_GATEWAY, started, self.authenticator)
                 return
             admission.shadowed(REWRITE_NEEDS_GATEWAY, scope["query_string"], None)
