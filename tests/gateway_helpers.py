@@ -250,3 +250,19 @@ def endpoint_request(
     if not kinds and endpoint.method in ("POST", "PUT", "PATCH"):
         kwargs["json"] = {"note": "no ids here"}
     return target, kwargs
+
+
+# the world of keys the gateway fixtures make (tests/gateway/conftest.py) --------------------------------------
+APP_A, APP_B = "app-a", "app-b"
+ENT_A, ENT_B = "ent-a", "ent-b"
+
+
+@dataclass(frozen=True)
+class World:
+    primary: Key
+    app: Key  # app-a, entity unconstrained
+    pair: Key  # app-a / ent-a
+    entity: Key  # ent-a, application unconstrained
+    fill: Key  # app-a / ent-a, FILL
+    force: Key  # app-a / ent-a, FORCE
+    two: Key  # app-a / ent-a and app-b / ent-b

@@ -26,9 +26,9 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from conftest import PG_SERVER as SERVER
+from stores import PG_SERVER as SERVER
 from gateway_helpers import init_store
-from test_postgres import Relay, terminate
+from relay import Relay, terminate
 
 from keyscope.core.keys import display_prefix, hash_secret, new_key_id, new_secret
 from keyscope.core.models import ApiKey, Application, Entity, KeyUpdate, PlatformEntry, PlatformLink

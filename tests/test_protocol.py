@@ -1,7 +1,7 @@
 """keyscope serve's HTTP protocol on a real uvicorn server: early answers, coalesced writes, the raw target.
 
 The app here is a stand-in with an `early()` hook, so each protocol rule is pinned down on its own; the
-gateway's use of it is tested end to end in test_gateway_early.py.
+gateway's use of it is tested end to end in tests/gateway/test_early.py.
 """
 
 from __future__ import annotations

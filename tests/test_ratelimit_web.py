@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_web import Web, secret_of, signed_in, texts, web  # noqa: F401
+from web_helpers import Web, secret_of, texts
 
 from keyscope.core.keys import hash_secret
 from keyscope.core.ratelimits import RateLimit

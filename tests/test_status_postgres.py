@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import STORE_URLS
+from stores import STORE_URLS
 from gateway_helpers import Echo, Gateway, free_port, request_bytes
-from test_postgres import Relay
+from relay import Relay
 
 pytestmark = pytest.mark.postgres
 

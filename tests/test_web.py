@@ -5,95 +5,25 @@ Every write is checked in the store afterwards, and every refusal is checked to 
 
 from __future__ import annotations
 
-import os
 import json
+import os
 import re
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from html import unescape
 from pathlib import Path
 
 import httpx
 import pytest
 from gateway_helpers import ADMIN_TOKEN, Echo, Gateway, Key, free_port, init_store, wait_listening
+from web_helpers import ENDPOINTS, IDLE, TOKEN, Clock, Web, csrf_of, make_client, secret_of, texts
 
-from keyscope.allowlist.table import load as load_endpoints
 from keyscope.core.keys import hash_secret
 from keyscope.core.models import Association, AssociationFilter, Entity
 from keyscope.store import Store
 from keyscope.store.base import NotFound
-from keyscope.web import create_web_app
-
-TOKEN = "web-admin-token-0123456789"
-IDLE = 600.0
-ENDPOINTS = load_endpoints()
-
-
-
-class Clock:
-    """The sessions' time source, moved by the test instead of waiting."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
-class Web:
-    client: httpx.AsyncClient
-    clock: Clock
-    store: Store
-    csrf: str = ""
-
-    async def signin(self) -> str:
-        response = await self.client.post("/signin", data={"token": TOKEN})
-        assert response.status_code == 303
-        self.csrf = csrf_of((await self.client.get("/applications")).text)
-        return self.csrf
-
-    async def post(self, path: str, **fields: str) -> httpx.Response:
-        return await self.client.post(path, data={"csrf": self.csrf, **fields})
-
-
-def csrf_of(html: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert found, "no CSRF field on the page"
-    return found.group(1)
-
-
-def texts(html: str, css_class: str) -> list[str]:
-    return [unescape(t).strip() for t in re.findall(rf'class="{css_class}"[^>]*>([^<]*)', html)]
-
-
-def secret_of(html: str) -> str:
-    found = re.search(r'id="secret" class="secret" readonly value="([^"]+)"', html)
-    assert found
-    return found.group(1)
-
-
-def make_client(store: Store, clock: Clock, base_url: str = "http://testserver") -> httpx.AsyncClient:
-    app = create_web_app(store, admin_token=TOKEN, endpoints=ENDPOINTS, idle_timeout=IDLE, clock=clock)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
-
-
-@pytest.fixture
-async def web(store: Store) -> AsyncIterator[Web]:
-    clock = Clock()
-    async with make_client(store, clock) as client:
-        yield Web(client, clock, store)
-
-
-@pytest.fixture
-async def signed_in(web: Web) -> Web:
-    await web.signin()
-    return web
-
 
 # sign-in and sessions ------------------------------------------------------------------------------
 

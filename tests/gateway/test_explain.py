@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from gateway_fixtures import echo  # noqa: F401
 from gateway_helpers import Echo, Gateway, Key
 
 from keyscope.allowlist.table import load as load_endpoints

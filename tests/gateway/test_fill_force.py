@@ -10,8 +10,7 @@ import json
 from typing import Any
 
 import pytest
-from gateway_fixtures import APP_A, APP_B, ENT_A, ENT_B, World, echo, fresh_log, gateway, world  # noqa: F401
-from gateway_helpers import Echo, Gateway
+from gateway_helpers import APP_A, APP_B, ENT_A, ENT_B, Echo, Gateway, World
 
 OWN = {"applicationId": APP_A, "entityId": ENT_A}
 OTHER = {"applicationId": APP_B, "entityId": ENT_B}

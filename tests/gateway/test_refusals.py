@@ -10,8 +10,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from gateway_fixtures import APP_A, ENT_A, World, echo, fresh_log, gateway, world  # noqa: F401
-from gateway_helpers import Echo, Gateway, Key, request_bytes
+from gateway_helpers import APP_A, ENT_A, Echo, Gateway, Key, World, request_bytes
 
 LOGS = f"/sms/1/logs?applicationId={APP_A}&entityId={ENT_A}"
 SEND = "/sms/2/text/advanced"

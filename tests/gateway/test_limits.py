@@ -12,21 +12,17 @@ from __future__ import annotations
 import json
 import re
 import select
-import socket
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from gateway_fixtures import World, echo, fresh_log, gateway, world  # noqa: F401
-from gateway_helpers import Echo, Gateway, Key, free_port, init_store, request_bytes
+from gateway_helpers import Echo, Gateway, Key, World, init_store, request_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from raw_http import connect, read_all, read_one, threaded
 
 from keyscope.core.errors import Refusal, refusal_body
 from keyscope.core.limits import DEFAULT, Limits
@@ -41,25 +37,6 @@ SMALL = Limits(target_bytes=64, headers=6, header_bytes=200)
 
 
 # servers in a thread ---------------------------------------------------------------------------------------
-@contextmanager
-def threaded(app: Any, http: Any, lifespan: str = "off") -> Iterator[int]:
-    """A real uvicorn server for `app` on 127.0.0.1, with the given HTTP protocol; yields its port."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=http, loop="uvloop", lifespan=lifespan,
-                            access_log=False, log_level="warning", server_header=False, date_header=False,
-                            proxy_headers=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 class StepOne:
@@ -94,38 +71,10 @@ def small() -> Iterator[int]:
 
 
 # raw sockets -----------------------------------------------------------------------------------------------
-def connect(port: int, timeout: float = 10.0) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
 
 
-def read_all(sock: socket.socket) -> bytes:
-    """Everything until the server closes the connection (a reset after its answer included)."""
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:  # closed with bytes of ours unread: the answer came first
-        pass
-    return data
 
 
-def read_one(sock: socket.socket) -> tuple[int, bytes, bytes]:
-    """One answer (status, head, body), framed by Content-Length."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed before an answer: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.lower().split(b"\r\n")
-    length = int(next(line.split(b":")[1] for line in lines if line.startswith(b"content-length")))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "closed inside a body"
-        body += chunk
-    return int(head.split(b" ")[1]), head, body
 
 
 def send_until_answered(port: int, data: bytes, piece: int = 16 * 1024, pause: float = 0.0) -> tuple[int, bytes, int]:

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from gateway_fixtures import APP_A, APP_B, ENT_A, ENT_B, World, echo, fresh_log, gateway, world  # noqa: F401
-from gateway_helpers import Echo, Gateway
+from gateway_helpers import APP_A, APP_B, ENT_A, ENT_B, Echo, Gateway, World
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 

@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from gateway_fixtures import echo, fresh_log  # noqa: F401
 from gateway_helpers import Echo, Gateway, Key, free_port, request_bytes
 
 UPSTREAM_AUTH = "Basic dXBzdHJlYW06c2VjcmV0"

@@ -10,15 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_fixtures import APP_A, ENT_A, World, echo, fresh_log, gateway, world  # noqa: F401
-from gateway_helpers import ADMIN_TOKEN, Echo, Gateway, Key, request_bytes
+from gateway_helpers import ADMIN_TOKEN, Echo, Gateway, Key, World, request_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_limits import connect, read_one, threaded
+from raw_http import connect, read_one, threaded
 
 from keyscope.control import admin
 from keyscope.decide.auth import KeyAuthenticator

@@ -12,8 +12,18 @@ import time
 from typing import Any
 
 import pytest
-from gateway_fixtures import APP_A, APP_B, ENT_A, ENT_B, World, echo, fresh_log, gateway, world  # noqa: F401
-from gateway_helpers import Echo, Gateway, endpoint_request, request_bytes, sample_path
+from gateway_helpers import (
+    APP_A,
+    APP_B,
+    ENT_A,
+    ENT_B,
+    Echo,
+    Gateway,
+    World,
+    endpoint_request,
+    request_bytes,
+    sample_path,
+)
 
 from keyscope.allowlist.table import Endpoint, load
 

@@ -1,31 +1,16 @@
-"""Module-scoped servers and keys for the end-to-end gateway tests (import the fixtures into a test module).
+"""Module-scoped servers and keys for the end-to-end gateway tests of this package.
 
-One echo backend and one `keyscope serve` per test module and store kind; the world below is made through the
-management API.
+One echo backend and one `keyscope serve` per test module and store kind (stores.py); the world of keys is made
+through the management API. Every test starts with an empty echo log.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
-from conftest import _MARKS, STORE_KINDS, STORE_URLS
-from gateway_helpers import Echo, Gateway, Key
-
-APP_A, APP_B = "app-a", "app-b"
-ENT_A, ENT_B = "ent-a", "ent-b"
-
-
-@dataclass(frozen=True)
-class World:
-    primary: Key
-    app: Key  # app-a, entity unconstrained
-    pair: Key  # app-a / ent-a
-    entity: Key  # ent-a, application unconstrained
-    fill: Key  # app-a / ent-a, FILL
-    force: Key  # app-a / ent-a, FORCE
-    two: Key  # app-a / ent-a and app-b / ent-b
+from gateway_helpers import APP_A, APP_B, ENT_A, ENT_B, Echo, Gateway, World
+from stores import STORE_URLS, store_params
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +20,7 @@ def echo() -> Iterator[Echo]:
     server.stop()
 
 
-@pytest.fixture(scope="module", params=[pytest.param(kind, marks=_MARKS.get(kind, [])) for kind in STORE_KINDS])
+@pytest.fixture(scope="module", params=store_params())
 def gateway(echo: Echo, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Gateway]:
     """One gateway per store kind in KEYSCOPE_TEST_STORES (conftest.py), each on a fresh store."""
     folder = tmp_path_factory.mktemp("gateway")

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_fixtures import echo  # noqa: F401
 from gateway_helpers import ADMIN_TOKEN, Echo, Gateway, Key, free_port, request_bytes
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")

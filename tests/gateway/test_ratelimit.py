@@ -18,15 +18,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import _MARKS, STORE_KINDS, STORE_URLS
-from gateway_fixtures import echo, fresh_log  # noqa: F401
 from gateway_helpers import Echo, Gateway, Key, free_port, wait_listening
 from ratelimit_helpers import redis_or_skip
+from stores import STORE_KINDS, STORE_MARKS, STORE_URLS
 
 LOGS = "/sms/1/logs"
 
 
-@pytest.fixture(params=[pytest.param(kind, marks=_MARKS.get(kind, [])) for kind in STORE_KINDS])
+@pytest.fixture(params=[pytest.param(kind, marks=STORE_MARKS.get(kind, [])) for kind in STORE_KINDS])
 def store_kind(request: pytest.FixtureRequest) -> str:
     return request.param
 

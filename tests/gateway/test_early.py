@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_fixtures import echo  # noqa: F401
 from gateway_helpers import Echo, Gateway, Key
 
 from keyscope.allowlist.table import load as load_endpoints

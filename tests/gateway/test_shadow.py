@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import _MARKS, STORE_KINDS, STORE_URLS
-from gateway_fixtures import echo, fresh_log  # noqa: F401
 from gateway_helpers import Echo, Gateway, Key, request_bytes
+from stores import STORE_KINDS, STORE_MARKS, STORE_URLS
 
 
-@pytest.fixture(params=[pytest.param(kind, marks=_MARKS.get(kind, [])) for kind in STORE_KINDS])
+@pytest.fixture(params=[pytest.param(kind, marks=STORE_MARKS.get(kind, [])) for kind in STORE_KINDS])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with STORE_URLS[request.param](tmp_path) as url:
         yield url
