@@ -192,3 +192,15 @@ def test_prometheus_client_histogram_internals_the_metrics_batch_writes() -> Non
     assert list(histogram._upper_bounds) == [0.1, 1.0, float("inf")], "Histogram._upper_bounds changed shape"
     assert len(histogram._buckets) == 3 and all(hasattr(b, "inc") for b in histogram._buckets), "Histogram._buckets"
     assert hasattr(histogram._sum, "inc"), "Histogram._sum has no inc()"
+
+
+def test_json_encoder_encode_basestring_ascii_the_access_line_quotes_with() -> None:
+    """keyscope.observe.accesslog writes its JSON line by hand and quotes strings with
+    json.encoder.encode_basestring_ascii (undocumented; the C function json.dumps uses with ensure_ascii), so that
+    each field is exactly what json.dumps would write. A Python without it must fail here, by name."""
+    import json
+
+    quote = getattr(json.encoder, "encode_basestring_ascii", None)
+    assert callable(quote), "json.encoder.encode_basestring_ascii is gone: keyscope.observe.accesslog"
+    for text in ["plain", 'a "quoted" \\ path', "caf\u00e9 \u2028 \x00 \U0001f600"]:
+        assert quote(text) == json.dumps(text, ensure_ascii=True), text

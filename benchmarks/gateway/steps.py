@@ -40,7 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.fixtures import APP, OTHER_APP, message_body, seed  # noqa: E402
-from keyscope.observe import accesslog  # noqa: E402
+from keyscope.observe import accesslog, metrics  # noqa: E402
 from keyscope.core.errors import Refusal  # noqa: E402
 from keyscope.core.settings import Settings  # noqa: E402
 from keyscope.decide.admission import Admission  # noqa: E402
@@ -217,9 +217,13 @@ def main() -> None:
     parser.add_argument("--cprofile", default="", metavar="STEP",
                         help="instead of timing, cProfile the steps whose name starts with STEP, e.g. refusal")
     parser.add_argument("--only", default="", metavar="STEP", help="time only the steps whose name starts with STEP")
+    parser.add_argument("--metrics", action="store_true",
+                        help="record the Prometheus metrics, as a gateway with --status-listen does (one worker)")
     args = parser.parse_args()
     if not 1 <= args.calls <= 1_000_000 or not 1 <= args.rounds <= 50:
         parser.error("--calls must be 1..1,000,000 and --rounds 1..50")
+    if args.metrics:
+        metrics.enable()
     with tempfile.TemporaryDirectory() as directory:
         url = f"sqlite:///{Path(directory) / 'keyscope.db'}"
         results = asyncio.run(measure(url, args.calls, args.rounds, args.cprofile, args.only))

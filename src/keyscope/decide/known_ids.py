@@ -27,10 +27,15 @@ class KnownIds:
         """The ids not known to exist, to pass to `look_up()`; None when every one is known (nearly always:
         then nothing is allocated)."""
         known_application, known_entity = self._applications.get, self._entities.get
-        if all(known_application(ident) for ident in application_ids) and all(
-            known_entity(ident) for ident in entity_ids
-        ):
-            return None
+        for ident in application_ids:
+            if known_application(ident) is None:
+                break
+        else:
+            for ident in entity_ids:
+                if known_entity(ident) is None:
+                    break
+            else:
+                return None
         return (
             [ident for ident in application_ids if known_application(ident) is None],
             [ident for ident in entity_ids if known_entity(ident) is None],

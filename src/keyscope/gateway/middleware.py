@@ -101,8 +101,7 @@ class KeyScopeMiddleware:
         if not await self.checks.handle(scope, receive, send, admission, started):
             return
 
-        state = scope.get("state")
-        scope = dict(scope)
+        state = scope.get("state")  # `scope` is this middleware's own copy from here on: changed in place
         scope["query_string"] = admission.query
         principal = admission.principal()
         scope["state"] = {**state, "keyscope": principal} if state else {"keyscope": principal}

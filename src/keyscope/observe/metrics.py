@@ -37,13 +37,9 @@ from __future__ import annotations
 import logging
 import operator
 import os
-import re
-import shutil
-import tempfile
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -56,7 +52,9 @@ from prometheus_client import (
     generate_latest,
     values,
 )
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from keyscope.observe.multiprocess import MULTIPROC_ENV, forget, shared_directory
 
 log = logging.getLogger("keyscope")
 
@@ -124,7 +122,6 @@ _on = False
 _served: Any = REGISTRY
 """What `render()` serves: this process's registry, or under `--workers N` the shared directory's collector."""
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _HELP = {family.name: family.documentation
          for instrument in (REQUESTS, DURATION, UPSTREAM_DURATION, UPSTREAM_FAILURES, KEY_CACHE, IN_FLIGHT, CHANGE_SINCE,
                             RATE_LIMIT_STORE_ERRORS)
@@ -147,6 +144,9 @@ def enable(workers: int = 1) -> None:
     """Record from now on: called where metrics are served (`keyscope.serve.status`, with --status-listen). Until then
     nothing is recorded, so a gateway without a status listener pays nothing for them on its request path.
 
+    Counts are kept in plain numbers and written into prometheus-client's values when a scrape reads them
+    (`update()`), and under `--workers N` every second too.
+
     `workers` > 1: this is one of several workers, whose supervisor made the shared directory; scrapes answer
     for all of them. Without that directory (a worker started some other way) each answers for itself, as
     one line on stderr says."""
@@ -154,6 +154,7 @@ def enable(workers: int = 1) -> None:
     _on = True
     if workers <= 1:
         _served = REGISTRY
+        _batch_from_now_on()  # plain numbers, written at each scrape: prometheus-client's own take a lock each
         return
     directory = os.environ.get(MULTIPROC_ENV)
     if not directory or not os.path.isdir(directory) or not getattr(values.ValueClass, "_multiprocess", False):
@@ -374,75 +375,6 @@ def render(gateway: Any = None) -> bytes:
     """The exposition, the per-scrape gauges brought up to date first."""
     update(gateway)
     return generate_latest(_served)
-
-
-# --workers N: the supervisor's side -----------------------------------------------------------------------------
-_PREFIX = "keyscope-metrics-"
-_LIVE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
-
-
-@contextmanager
-def shared_directory() -> Iterator[str]:
-    """A private directory (mode 0700) for the workers' metrics, named in PROMETHEUS_MULTIPROC_DIR for the workers
-    started inside the block, and removed at its end with everything in it. Its name carries this process's id,
-    so that a later run removes one left behind by a supervisor that was killed (SIGKILL leaves no time)."""
-    _remove_orphans()
-    directory = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
-    previous = os.environ.get(MULTIPROC_ENV)
-    os.environ[MULTIPROC_ENV] = directory
-    try:
-        yield directory
-    finally:
-        if previous is None:
-            os.environ.pop(MULTIPROC_ENV, None)
-        else:
-            os.environ[MULTIPROC_ENV] = previous
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def _remove_orphans() -> None:
-    """Directories of supervisors that no longer exist, this user's only."""
-    folder = tempfile.gettempdir()
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return
-    for name in names:
-        if not name.startswith(_PREFIX):
-            continue
-        owner = name[len(_PREFIX):].partition("-")[0]
-        path = os.path.join(folder, name)
-        try:
-            if not owner.isdigit() or os.stat(path).st_uid != os.getuid() or _alive(int(owner)):
-                continue
-        except OSError:
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def forget(directory: str, live: Iterable[int | None]) -> list[int]:
-    """Drop the gauge values of every worker that is not in `live` (`mark_process_dead`): a dead worker's
-    requests are no longer in flight. Its counters and histograms stay, so totals never go back. Returns the
-    process ids forgotten."""
-    keep = {pid for pid in live if pid is not None}
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return []
-    dead = {int(found.group(1)) for name in names if (found := _LIVE_FILE.fullmatch(name))} - keep
-    for pid in sorted(dead):
-        mark_process_dead(pid, directory)
-    return sorted(dead)
 
 
 __all__ = ["CONTENT_TYPE", "REGISTRY", "enable", "forget", "record", "render", "shared_directory", "update",
