@@ -177,8 +177,12 @@ def test_key_cache_hits_and_misses(echo: Echo, tmp_path: Path) -> None:
                     value(found, "keyscope_key_cache_total", result="miss")
                     - value(before, "keyscope_key_cache_total", result="miss"))
 
+        calls = value(before, "keyscope_store_duration_seconds_count", operation="find_key")
         assert gateway.raw(request_bytes("GET", LOGS, key)).status == 200
         assert moved(samples(status)) == (0, 1)  # the store was asked
+        found = samples(status)
+        assert value(found, "keyscope_store_duration_seconds_count", operation="find_key") == calls + 1
+        assert value(found, "keyscope_store_errors_total", operation="find_key") == 0
         assert gateway.raw(request_bytes("GET", LOGS, key)).status == 200
         assert moved(samples(status)) == (1, 1)  # the cache answered
         unknown = Key("nobody", "not-a-known-secret")

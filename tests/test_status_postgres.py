@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from stores import STORE_URLS
-from gateway_helpers import Echo, Gateway, free_port, request_bytes
+from gateway_helpers import Echo, Gateway, Key, free_port, request_bytes
 from relay import Relay
 
 pytestmark = pytest.mark.postgres
@@ -61,6 +61,11 @@ def test_readyz_follows_the_postgresql_store(echo: Echo, tmp_path: Path) -> None
             wait_for(lambda: readyz(status)[0] == 503, "readyz to fail while the store is unreachable")
             assert readyz(status) == (503, STORE_DOWN)
             assert status.get("/healthz").status_code == 200  # alive all the same
+            # a key the cache does not know must be looked up: 503, and the failed store call is counted
+            unknown = Key("nobody", "not-a-known-secret")
+            assert gateway.raw(request_bytes("GET", "/sms/1/logs?applicationId=app-a", unknown)).status == 503
+            assert _metric(status, 'keyscope_store_errors_total{operation="find_key"}') >= 1
+            assert _metric(status, 'keyscope_store_duration_seconds_count{operation="find_key"}') >= 1
 
             relay.restore()
             wait_for(lambda: readyz(status)[0] == 200, "readyz to recover with the store", timeout=15)
@@ -76,6 +81,13 @@ def test_readyz_follows_the_postgresql_store(echo: Echo, tmp_path: Path) -> None
         finally:
             status.close()
             gateway.stop()
+
+
+def _metric(status: httpx.Client, sample: str) -> float:
+    for line in status.get("/metrics").text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def _answers(status: httpx.Client) -> bool:

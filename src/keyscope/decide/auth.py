@@ -35,6 +35,7 @@ MAX_SECRET = 512
 
 _sha256 = hashlib.sha256  # keys.hash_secret() for bytes, without its str check
 _time = time.time
+_perf_counter = time.perf_counter
 _cache_hit = metrics.key_cache_hit  # one count per lookup: the cache answered
 _cache_miss = metrics.key_cache_miss  # or the store was asked
 
@@ -262,7 +263,13 @@ class KeyAuthenticator:
             lookup.done.set()
 
     async def _load(self, secret_hash: bytes, generation: int) -> KeyRecord | None:
-        key = await self.store.find_key_by_hash(secret_hash)
+        started = _perf_counter()
+        try:
+            key = await self.store.find_key_by_hash(secret_hash)
+        except Exception:
+            metrics.store_call("find_key", started, failed=True)
+            raise
+        metrics.store_call("find_key", started)
         cached = None if key is None else _prepare(key)
         if generation == self._generation:  # an invalidate() while we waited makes this answer stale
             if cached is None:

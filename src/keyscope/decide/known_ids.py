@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 
 from keyscope.core.errors import Refusal
 from keyscope.core.ttlcache import Clock, TTLCache
+from keyscope.observe import metrics
 from keyscope.store.base import Store, StoreUnavailable
 
 
@@ -43,10 +44,16 @@ class KnownIds:
 
     async def look_up(self, applications: Sequence[str], entities: Sequence[str]) -> None:
         """Ask the store; remember what exists; Refusal(400) naming the first missing id (503 if no store)."""
+        started = time.perf_counter()
         try:
             missing_apps, missing_entities = await self.store.missing_ids(applications, entities)
         except StoreUnavailable:
+            metrics.store_call("missing_ids", started, failed=True)
             raise Refusal(503, reason="store_unavailable", step="existence", detail="the store is unavailable")
+        except Exception:
+            metrics.store_call("missing_ids", started, failed=True)
+            raise
+        metrics.store_call("missing_ids", started)
         for ident in applications:
             if ident not in missing_apps:
                 self._applications.put(ident, True)

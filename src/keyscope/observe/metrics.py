@@ -106,6 +106,20 @@ CHANGE_SINCE = Gauge(
     registry=REGISTRY,
     multiprocess_mode="livemax",  # --workers N: the worker that has gone longest without hearing
 )
+STORE_DURATION = Histogram(
+    "keyscope_store_duration_seconds",
+    "Store calls on the request path, by operation: find_key (a key-cache miss), missing_ids (ids not known to"
+    " exist), revision (a change poll); failed calls included",
+    ["operation"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    registry=REGISTRY,
+)
+STORE_ERRORS = Counter(
+    "keyscope_store_errors",
+    "Store calls on the request path that failed (the store unreachable or erring), by operation",
+    ["operation"],
+    registry=REGISTRY,
+)
 RATE_LIMIT_STORE_ERRORS = Counter(
     "keyscope_rate_limit_store_errors",
     "Requests with rate limits that found the Redis counters unavailable and followed --rate-limit-on-error",
@@ -114,6 +128,9 @@ RATE_LIMIT_STORE_ERRORS = Counter(
 
 for _cause in ("refused", "timeout", "reset"):
     UPSTREAM_FAILURES.labels(_cause)  # shown at 0 from the start
+STORE_OPERATIONS = ("find_key", "missing_ids", "revision")
+for _operation in STORE_OPERATIONS:
+    STORE_ERRORS.labels(_operation)
 _hit = KEY_CACHE.labels("hit").inc
 _miss = KEY_CACHE.labels("miss").inc
 _inc = IN_FLIGHT.inc
@@ -180,6 +197,15 @@ def key_cache_miss() -> None:
 def rate_limit_store_error() -> None:
     if _on:
         RATE_LIMIT_STORE_ERRORS.inc()
+
+
+def store_call(operation: str, started: float, failed: bool = False) -> None:
+    """A store call of the request path ended (`started`: its time.perf_counter()). Store calls are the cache
+    misses, rare by design, so they are written as they happen, never batched."""
+    if _on:
+        STORE_DURATION.labels(operation).observe(_perf_counter() - started)
+        if failed:
+            STORE_ERRORS.labels(operation).inc()
 
 
 def in_flight_inc() -> None:

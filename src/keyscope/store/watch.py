@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from keyscope.observe import metrics
 from keyscope.store.base import Store, StoreError
 
 log = logging.getLogger("keyscope.watch")
@@ -114,11 +115,14 @@ class ChangeWatcher:
         if now < self._next_poll and not force:
             return
         self._next_poll = now + self.interval
+        started = time.perf_counter()
         try:
             revision = await self.store.revision()
         except StoreError as exc:
+            metrics.store_call("revision", started, failed=True)
             log.warning("cannot read the store's revision: %s", exc)  # caches keep their TTL meanwhile
             return
+        metrics.store_call("revision", started)
         self._seen(revision)
 
     # internals ------------------------------------------------------------------------------------
