@@ -284,10 +284,10 @@ def _clean_env() -> dict[str, str]:
 
 
 def _keyscope_entry() -> str:
-    """`keyscope.cli.main serve` once the CLI wires it, else `keyscope.serve.server serve`."""
+    """`python -m keyscope.cli serve`, the console script's command, else `keyscope.serve.server serve`."""
     done = subprocess.run([sys.executable, "-m", "keyscope.cli", "serve", "--help"], capture_output=True,
                           env=_clean_env(), timeout=60)
-    return "keyscope.cli.main" if done.returncode == 0 else "keyscope.serve.server"
+    return "keyscope.cli" if done.returncode == 0 else "keyscope.serve.server"
 
 
 def versions() -> dict[str, str]:
