@@ -98,11 +98,11 @@ class Store(abc.ABC):
     ) -> None:
         """Raises NotFound."""
 
+    @abc.abstractmethod
     async def set_application_rate_limits(
         self, application_id: str, limits: Sequence[RateLimit], *, audit: Audit | None = None
     ) -> None:
         """Replaces the application's rate limits (a revision change: key records carry them). Raises NotFound."""
-        raise NotImplementedError
 
     @abc.abstractmethod
     async def delete_application(self, application_id: str, *, audit: Audit | None = None) -> CascadeReport:
