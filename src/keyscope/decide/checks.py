@@ -46,7 +46,7 @@ from keyscope.decide.auth import KeyAuthenticator
 from keyscope.decide.body import ClientGone, body_headers, read_body, too_large
 from keyscope.decide.known_ids import KnownIds
 from keyscope.decide.management import is_management
-from keyscope.decide.ratelimit import Limiter, Unavailable, too_many
+from keyscope.decide.ratelimit import LOCAL, Limiter, Unavailable, too_many
 from keyscope.decide.usage import UsageRecorder
 from keyscope.http import canonical
 from keyscope.http.canonical import HeaderMap
@@ -109,6 +109,37 @@ class Checks:
         self.known_ids = KnownIds(store, ttl=id_cache_ttl, clock=clock)
         self.usage = UsageRecorder(store)
         self.watcher = ChangeWatcher(store, self.changed)
+
+    @classmethod
+    def assemble(
+        cls,
+        *,
+        endpoints: Sequence[Endpoint],
+        store: Store,
+        key_cache_ttl: float = 5.0,
+        trusted_proxies: Sequence[str] = (),
+        max_body_size: int = 1024 * 1024,
+        limits: Limits = DEFAULT_LIMITS,
+        rate_limit_store: str = LOCAL,
+        rate_limit_on_error: str = "allow",
+        shadow: bool = False,
+    ) -> Checks:
+        """The checks with their own key authenticator (`checks.authenticator`) and rate limiter, from the settings
+        every entry point takes (the gateway, the middleware, the authorizer): one key-cache TTL for keys, unknown
+        secrets and known ids alike."""
+        authenticator = KeyAuthenticator(
+            store, ttl=key_cache_ttl, negative_ttl=key_cache_ttl, trusted_proxies=trusted_proxies
+        )
+        return cls(
+            endpoints=endpoints,
+            store=store,
+            authenticator=authenticator,
+            max_body_size=max_body_size,
+            id_cache_ttl=key_cache_ttl,
+            limits=limits,
+            limiter=Limiter(rate_limit_store, on_error=rate_limit_on_error),
+            shadow=shadow,
+        )
 
     def target(self, scope: Scope) -> HeaderMap | None:
         """Step 1, for every caller: the head must be within the limits, the raw target and framing headers

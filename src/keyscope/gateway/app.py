@@ -16,7 +16,6 @@ The lifespan opens the store and the upstream session of this worker and closes 
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import time
@@ -31,10 +30,11 @@ from keyscope.core.limits import Limits
 from keyscope.core.settings import DEFAULT_HEADER_TIMEOUT, Settings
 from keyscope.core.types import Message, Receive, Scope, Send
 from keyscope.decide.admission import Admission
-from keyscope.decide.auth import KeyAuthenticator, authorization_header, split_credentials
+from keyscope.decide.auth import authorization_header, split_credentials
 from keyscope.decide.checks import Checks
 from keyscope.decide.management import is_management
-from keyscope.decide.ratelimit import LOCAL, Limiter
+from keyscope.decide.ratelimit import LOCAL
+from keyscope.gateway import lifespan
 from keyscope.gateway.upstream import Upstream
 from keyscope.observe import accesslog, metrics
 from keyscope.store import Store, store_from_url
@@ -74,19 +74,12 @@ class Gateway:
         self.draining = False
         self._admin_token = admin_token.encode() if admin_token else None
         """From the first SIGTERM on under `--status-listen` (`keyscope.serve.status`): not ready, traffic still served."""
-        self.authenticator = KeyAuthenticator(
-            store, ttl=key_cache_ttl, negative_ttl=key_cache_ttl, trusted_proxies=trusted_proxies
+        self.checks = Checks.assemble(
+            endpoints=endpoints, store=store, key_cache_ttl=key_cache_ttl, trusted_proxies=trusted_proxies,
+            max_body_size=max_body_size, limits=limits, rate_limit_store=rate_limit_store,
+            rate_limit_on_error=rate_limit_on_error, shadow=shadow,
         )
-        self.checks = Checks(
-            endpoints=endpoints,
-            store=store,
-            authenticator=self.authenticator,
-            max_body_size=max_body_size,
-            id_cache_ttl=key_cache_ttl,
-            limits=limits,
-            limiter=Limiter(rate_limit_store, on_error=rate_limit_on_error),
-            shadow=shadow,
-        )
+        self.authenticator = self.checks.authenticator
         self.admin = admin.create_app(
             store, admin_token=admin_token, authenticator=self.authenticator, on_change=self.checks.known_ids.clear
         )
@@ -222,32 +215,7 @@ class Gateway:
         return status
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
-        await receive()  # lifespan.startup
-        try:
-            await self.startup()
-        except Exception as exc:
-            logger.error("start-up failed: %s", exc)
-            await send({"type": "lifespan.startup.failed", "message": str(exc)})
-            return
-        await send({"type": "lifespan.startup.complete"})
-        try:
-            await receive()  # lifespan.shutdown
-        except asyncio.CancelledError:
-            # A forced exit (a second Ctrl-C) skips lifespan.shutdown, and the event loop's teardown cancels this
-            # task instead: uvicorn would print the CancelledError as a traceback, and the store and the upstream
-            # connections would be left open. Close what is open all the same and end quietly.
-            await self._shut_down()
-            return
-        await self._shut_down()
-        await send({"type": "lifespan.shutdown.complete"})
-
-    async def _shut_down(self) -> None:
-        try:
-            await self.shutdown()
-        finally:
-            # uvicorn sends lifespan.shutdown once the drain is over, so every answered request has its line by
-            # now; write them before uvicorn re-raises the signal, which may kill the process (SIGTERM).
-            accesslog.flush()
+        await lifespan.run(receive, send, self.startup, self.shutdown, logger)
 
     async def startup(self) -> None:
         await self.store.open()

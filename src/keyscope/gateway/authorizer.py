@@ -25,7 +25,6 @@ which only `keyscope serve` answers, 403 `management_not_here`.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
@@ -39,9 +38,9 @@ from keyscope.core.limits import Limits
 from keyscope.core.settings import CONTRACTS, DEFAULT_HEADER_TIMEOUT, Settings
 from keyscope.core.types import Receive, Scope, Send
 from keyscope.decide.admission import SHADOW, Admission
-from keyscope.decide.auth import KeyAuthenticator
 from keyscope.decide.checks import Checks
-from keyscope.decide.ratelimit import LOCAL, Limiter
+from keyscope.decide.ratelimit import LOCAL
+from keyscope.gateway import lifespan
 from keyscope.gateway.contracts import (
     HEADERS_TO_REMOVE,
     IDENTITY,
@@ -56,7 +55,7 @@ from keyscope.gateway.contracts import (
     replay_refusal,
 )
 from keyscope.http.canonical import HeaderMap
-from keyscope.observe import accesslog, metrics
+from keyscope.observe import metrics
 from keyscope.store import Store, store_from_url
 
 logger = logging.getLogger("keyscope.authorizer")
@@ -94,14 +93,12 @@ class Authorizer:
                                               header_bytes=limits.header_bytes + limits.target_bytes + 1024)
         self.header_timeout = header_timeout
         self.draining = False  # keyscope.serve.status
-        self.authenticator = KeyAuthenticator(
-            store, ttl=key_cache_ttl, negative_ttl=key_cache_ttl, trusted_proxies=trusted_proxies
+        self.checks = Checks.assemble(
+            endpoints=endpoints, store=store, key_cache_ttl=key_cache_ttl, trusted_proxies=trusted_proxies,
+            max_body_size=max_body_size, limits=limits, rate_limit_store=rate_limit_store,
+            rate_limit_on_error=rate_limit_on_error, shadow=shadow,
         )
-        self.checks = Checks(
-            endpoints=endpoints, store=store, authenticator=self.authenticator, max_body_size=max_body_size,
-            id_cache_ttl=key_cache_ttl, limits=limits, shadow=shadow,
-            limiter=Limiter(rate_limit_store, on_error=rate_limit_on_error),
-        )
+        self.authenticator = self.checks.authenticator
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Authorizer:
@@ -178,29 +175,15 @@ class Authorizer:
         return headers
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
-        await receive()  # lifespan.startup
-        try:
-            await self.store.open()
-            await self.checks.start()
-        except Exception as exc:  # noqa: BLE001 (one line, whatever the store's driver raised)
-            logger.error("start-up failed: %s", exc)
-            await send({"type": "lifespan.startup.failed", "message": str(exc)})
-            return
-        await send({"type": "lifespan.startup.complete"})
-        try:
-            await receive()  # lifespan.shutdown
-        except asyncio.CancelledError:  # a forced exit: close all the same, quietly (as the gateway does)
-            await self._shut_down()
-            return
-        await self._shut_down()
-        await send({"type": "lifespan.shutdown.complete"})
+        await lifespan.run(receive, send, self.startup, self.shutdown, logger)
 
-    async def _shut_down(self) -> None:
-        try:
-            await self.checks.stop()
-            await self.store.close()
-        finally:
-            accesslog.flush()
+    async def startup(self) -> None:
+        await self.store.open()
+        await self.checks.start()
+
+    async def shutdown(self) -> None:
+        await self.checks.stop()
+        await self.store.close()
 
 
 async def _management(

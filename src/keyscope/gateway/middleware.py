@@ -40,9 +40,8 @@ from keyscope.core.limits import DEFAULT as DEFAULT_LIMITS
 from keyscope.core.limits import Limits
 from keyscope.core.types import ASGIApp, Message, Receive, Scope, Send
 from keyscope.decide.admission import Admission
-from keyscope.decide.auth import KeyAuthenticator
 from keyscope.decide.checks import Checks
-from keyscope.decide.ratelimit import LOCAL, Limiter
+from keyscope.decide.ratelimit import LOCAL
 from keyscope.observe import accesslog
 from keyscope.store import Store, store_from_url
 
@@ -71,19 +70,12 @@ class KeyScopeMiddleware:
         self.store = store_from_url(store) if isinstance(store, str) else store
         self._ready = False
         self._opening: asyncio.Lock | None = None
-        self.authenticator = KeyAuthenticator(
-            self.store, ttl=key_cache_ttl, negative_ttl=key_cache_ttl, trusted_proxies=trusted_proxies
+        self.checks = Checks.assemble(
+            endpoints=endpoints, store=self.store, key_cache_ttl=key_cache_ttl, trusted_proxies=trusted_proxies,
+            max_body_size=max_body_size, limits=limits, rate_limit_store=rate_limit_store,
+            rate_limit_on_error=rate_limit_on_error, shadow=shadow,
         )
-        self.checks = Checks(
-            endpoints=endpoints,
-            store=self.store,
-            authenticator=self.authenticator,
-            max_body_size=max_body_size,
-            id_cache_ttl=key_cache_ttl,
-            limits=limits,
-            limiter=Limiter(rate_limit_store, on_error=rate_limit_on_error),
-            shadow=shadow,
-        )
+        self.authenticator = self.checks.authenticator
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
