@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 
 from keyscope.core.models import (
@@ -78,6 +79,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Store]:
+        """`async with store.transaction() as tx:` -- a view of the store on which every call runs in one
+        transaction, applied whole when the block ends or not at all if it raises (`keyscope apply`)."""
 
     # applications ----------------------------------------------------------------------------------
     @abc.abstractmethod

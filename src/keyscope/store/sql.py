@@ -9,9 +9,10 @@ Times are stored as ISO-8601 UTC text with microseconds and `+00:00`, so text or
 from __future__ import annotations
 
 import abc
+import copy
 import json
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar
@@ -64,6 +65,12 @@ class Transaction(Protocol):
     async def fetchone(self, sql: str, args: Args = ()) -> Row | None: ...
 
     async def fetchall(self, sql: str, args: Args = ()) -> list[Row]: ...
+
+
+@asynccontextmanager
+async def _joined(tx: Transaction) -> AsyncIterator[Transaction]:
+    """An enclosing transaction, entered again: it neither commits nor rolls back here."""
+    yield tx
 
 
 def to_text(moment: datetime) -> str:
@@ -196,12 +203,51 @@ class SQLStore(Store):
     @abc.abstractmethod
     async def _read_all(self, sql: str, args: Args = ()) -> list[Row]: ...
 
+    # one transaction for many writes ---------------------------------------------------------------
+    _tx: Transaction | None = None
+    """Set on the store `transaction()` yields: every statement of that copy runs in this transaction."""
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Store]:
+        """A view of this store whose writes and reads all run in one transaction, committed when the block
+        ends and rolled back whole if it raises. The methods and their rules are the store's own; only where
+        the statements run differs. An error from a write ends the transaction (PostgreSQL aborts it), so
+        callers let it propagate rather than catch it and go on."""
+        if self._tx is not None:
+            raise RuntimeError("transactions do not nest")
+        async with self._write() as tx:
+            bound = copy.copy(self)
+            bound._tx = tx
+            yield bound
+
+    def _writing(self) -> AbstractAsyncContextManager[Transaction]:
+        return _joined(self._tx) if self._tx is not None else self._write()
+
+    def _reading(self) -> AbstractAsyncContextManager[Transaction]:
+        return _joined(self._tx) if self._tx is not None else self._read()
+
+    async def _one(self, sql: str, args: Args = ()) -> Row | None:
+        if self._tx is not None:
+            return await self._tx.fetchone(sql, args)
+        return await self._read_one(sql, args)
+
+    async def _all(self, sql: str, args: Args = ()) -> list[Row]:
+        if self._tx is not None:
+            return await self._tx.fetchall(sql, args)
+        return await self._read_all(sql, args)
+
     async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """Runs a write again when a concurrent delete broke a reference it had just checked.
 
         Only a store whose transactions overlap (PostgreSQL) gets here; the next attempt sees the delete and
-        either cascades it or raises the proper MissingReference.
+        either cascades it or raises the proper MissingReference. Inside `transaction()` there is no next
+        attempt: the transaction is lost with the statement that failed.
         """
+        if self._tx is not None:
+            try:
+                return await attempt()
+            except ForeignKeyViolation:
+                raise StoreUnavailable("a concurrent change broke a reference; retry the whole change") from None
         for _ in range(_RACE_ATTEMPTS - 1):
             try:
                 return await attempt()
@@ -254,7 +300,7 @@ class SQLStore(Store):
                                  app.application_name, audit, {"rate_limits": _rate_limits_text(app.rate_limits)})
 
     async def get_application(self, application_id: str) -> Application:
-        row = await self._read_one(
+        row = await self._one(
             "SELECT application_id, application_name, rate_limits FROM applications WHERE application_id = ?",
             (application_id,),
         )
@@ -271,7 +317,7 @@ class SQLStore(Store):
     ) -> None:
         """Replaces the application's limits; a revision change, since key records carry them (the gateway's
         cached keys are dropped)."""
-        async with self._write() as tx:
+        async with self._writing() as tx:
             changed = await tx.execute("UPDATE applications SET rate_limits = ? WHERE application_id = ?",
                                        (_rate_limits_text(limits), application_id))
             if not changed:
@@ -293,7 +339,7 @@ class SQLStore(Store):
         await self._create_named("entities", "entity_id", "entity", entity.entity_id, entity.entity_name, audit)
 
     async def get_entity(self, entity_id: str) -> Entity:
-        row = await self._read_one("SELECT entity_id, entity_name FROM entities WHERE entity_id = ?", (entity_id,))
+        row = await self._one("SELECT entity_id, entity_name FROM entities WHERE entity_id = ?", (entity_id,))
         if row is None:
             raise NotFound("entity", entity_id)
         return Entity(row[0], row[1])
@@ -316,7 +362,7 @@ class SQLStore(Store):
         more = more or {}
         columns = ", ".join((column, name_column, *more))
         try:
-            async with self._write() as tx:
+            async with self._writing() as tx:
                 await tx.execute(f"INSERT INTO {table} ({columns}) VALUES ({_marks(2 + len(more))})",
                                  (ident, name, *more.values()))
                 await self._audit(tx, audit)
@@ -336,7 +382,7 @@ class SQLStore(Store):
                 f" OR LOWER(COALESCE({name_column}, '')) LIKE ? ESCAPE '\\'"
             )
             args = (pattern, pattern)
-        async with self._read() as tx:
+        async with self._reading() as tx:
             total = await tx.fetchone(f"SELECT COUNT(*) FROM {table}{where}", args)
             rows = await tx.fetchall(
                 f"SELECT {column}, {name_column}{more} FROM {table}{where} ORDER BY {column} LIMIT ? OFFSET ?",
@@ -348,7 +394,7 @@ class SQLStore(Store):
         self, table: str, column: str, kind: str, ident: str, name: str | None, audit: Audit | None = None
     ) -> None:
         name_column = column.replace("_id", "_name")
-        async with self._write() as tx:
+        async with self._writing() as tx:
             changed = await tx.execute(f"UPDATE {table} SET {name_column} = ? WHERE {column} = ?", (name, ident))
             if not changed:
                 raise NotFound(kind, ident)
@@ -372,7 +418,7 @@ class SQLStore(Store):
             f"NOT EXISTS (SELECT 1 FROM key_entries e WHERE e.key_id = k.id"
             f" AND (e.{column} IS NULL OR e.{column} <> ?))"
         )
-        async with self._write() as tx:
+        async with self._writing() as tx:
             if await tx.fetchone(f"SELECT 1 FROM {table} WHERE {column} = ?", (ident,)) is None:
                 raise NotFound(kind, ident)
             emptied = await tx.fetchall(
@@ -419,7 +465,7 @@ class SQLStore(Store):
 
     async def _create_association(self, a: Association, audit: Audit | None = None) -> None:
         try:
-            async with self._write() as tx:
+            async with self._writing() as tx:
                 await self._require(tx, "applications", "application_id", a.application_id, "applicationId")
                 if a.entity_id is not None:
                     await self._require(tx, "entities", "entity_id", a.entity_id, "entityId")
@@ -434,7 +480,7 @@ class SQLStore(Store):
     async def delete_association(self, association: Association, *, audit: Audit | None = None) -> None:
         a = association
         where, args = _exact_association(a.resource_type, a.channel, a.application_id, a.resource_id, a.entity_id)
-        async with self._write() as tx:
+        async with self._writing() as tx:
             removed = await tx.execute(f"DELETE FROM associations WHERE {where}", args)
             if not removed:
                 raise NotFound("association", f"{a.resource_type}/{a.channel}/{a.resource_id}")
@@ -444,7 +490,7 @@ class SQLStore(Store):
         self, resource_type: str, channel: str, application_id: str, resource_id: str, entity_id: str | None
     ) -> Association:
         where, args = _exact_association(resource_type, channel, application_id, resource_id, entity_id)
-        row = await self._read_one(f"SELECT {_ASSOCIATION_COLUMNS} FROM associations WHERE {where}", args)
+        row = await self._one(f"SELECT {_ASSOCIATION_COLUMNS} FROM associations WHERE {where}", args)
         if row is None:
             raise NotFound("association", f"{resource_type}/{channel}/{resource_id}")
         return Association(*row)
@@ -459,7 +505,7 @@ class SQLStore(Store):
                 conditions.append(f"{column} = ?")
                 args.append(value)
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        async with self._read() as tx:
+        async with self._reading() as tx:
             total = await tx.fetchone(f"SELECT COUNT(*) FROM associations{where}", args)
             rows = await tx.fetchall(
                 f"SELECT {_ASSOCIATION_COLUMNS} FROM associations{where}"
@@ -479,7 +525,7 @@ class SQLStore(Store):
         )
         created = key.created_at or datetime.now(UTC)
         try:
-            async with self._write() as tx:
+            async with self._writing() as tx:
                 await self._require_links(tx, entries)
                 await tx.execute(
                     "INSERT INTO api_keys (id, name, secret_hash, prefix, allowed_ips, valid_from, valid_to,"
@@ -508,13 +554,13 @@ class SQLStore(Store):
             raise Conflict("apiKey", key.id) from None
 
     async def get_key(self, key_id: str) -> ApiKey:
-        keys = _keys_from_rows(await self._read_all(_KEYS_WHERE.format(where="k.id = ?"), (key_id,)))
+        keys = _keys_from_rows(await self._all(_KEYS_WHERE.format(where="k.id = ?"), (key_id,)))
         if not keys:
             raise NotFound("apiKey", key_id)
         return keys[0]
 
     async def find_key_by_hash(self, secret_hash: bytes) -> ApiKey | None:
-        rows = await self._read_all(_FIND_BY_HASH, (secret_hash.hex(),))
+        rows = await self._all(_FIND_BY_HASH, (secret_hash.hex(),))
         if not rows:
             return None
         return _keys_from_rows(rows)[0]
@@ -533,7 +579,7 @@ class SQLStore(Store):
             conditions.append("enabled = ?")
             args.append(int(enabled))
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        async with self._read() as tx:
+        async with self._reading() as tx:
             total = await tx.fetchone(f"SELECT COUNT(*) FROM api_keys{where}", args)
             rows = await tx.fetchall(
                 f"SELECT {_KEY_COLUMNS} FROM (SELECT * FROM api_keys{where} ORDER BY id LIMIT ? OFFSET ?) k"
@@ -561,7 +607,7 @@ class SQLStore(Store):
             columns["rate_limits"] = _rate_limits_text(update.rate_limits)  # type: ignore[arg-type]
         if update.enforce is not UNSET:
             columns["enforce"] = int(bool(update.enforce))
-        async with self._write() as tx:
+        async with self._writing() as tx:
             if await tx.fetchone("SELECT 1 FROM api_keys WHERE id = ?", (key_id,)) is None:
                 raise NotFound("apiKey", key_id)
             if columns:
@@ -581,7 +627,7 @@ class SQLStore(Store):
             return await self._key_in(tx, key_id)
 
     async def delete_key(self, key_id: str, *, audit: Audit | None = None) -> None:
-        async with self._write() as tx:
+        async with self._writing() as tx:
             related: list[str] = []
             if audit is not None:  # the record names what the key was linked to, read before it goes
                 for row in await tx.fetchall(
@@ -602,7 +648,7 @@ class SQLStore(Store):
 
     async def _keys_naming(self, column: str, ident: str) -> list[ApiKey]:
         where = f"k.id IN (SELECT key_id FROM key_entries WHERE {column} = ?)"
-        return _keys_from_rows(await self._read_all(_KEYS_WHERE.format(where=where), (ident,)))
+        return _keys_from_rows(await self._all(_KEYS_WHERE.format(where=where), (ident,)))
 
     async def _key_in(self, tx: Transaction, key_id: str) -> ApiKey:
         return _keys_from_rows(await tx.fetchall(_KEYS_WHERE.format(where="k.id = ?"), (key_id,)))[0]
@@ -647,12 +693,12 @@ class SQLStore(Store):
         ordered = sorted(idents)
         for start in range(0, len(ordered), _CHUNK):
             chunk = ordered[start : start + _CHUNK]
-            rows = await self._read_all(f"SELECT {column} FROM {table} WHERE {column} IN ({_marks(len(chunk))})", chunk)
+            rows = await self._all(f"SELECT {column} FROM {table} WHERE {column} IN ({_marks(len(chunk))})", chunk)
             found.update(row[0] for row in rows)
         return found
 
     async def revision(self) -> int:
-        row = await self._read_one("SELECT value FROM meta WHERE name = 'revision'")
+        row = await self._one("SELECT value FROM meta WHERE name = 'revision'")
         return int(row[0]) if row is not None else 0
 
     # the audit trail ------------------------------------------------------------------------------
@@ -696,7 +742,7 @@ class SQLStore(Store):
             by_kind = " AND kind = ?" if kind is not None else ""
             where = f" WHERE seq IN (SELECT seq FROM audit_objects WHERE object_id = ?{by_kind})"
             args = (object_id, kind) if kind is not None else (object_id,)
-        async with self._read() as tx:
+        async with self._reading() as tx:
             total = await tx.fetchone(f"SELECT COUNT(*) FROM audit_log{where}", args)
             rows = await tx.fetchall(
                 f"SELECT seq, at, principal, action, record FROM audit_log{where} ORDER BY seq DESC LIMIT ? OFFSET ?",
@@ -713,7 +759,7 @@ class SQLStore(Store):
         for key_id, moment in sorted(last_used.items()):
             text = to_text(moment)
             rows.append((text, key_id, text))
-        async with self._write() as tx:
+        async with self._writing() as tx:
             await tx.executemany(
                 "UPDATE api_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
                 rows,
