@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keyscope.control.fields import ValidationError, normalise_ip
+from keyscope.documents.fields import ValidationError, normalise_ip
 from keyscope.core.networks import parse_network
 
 

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from keyscope.control.bodies import parse_json
-from keyscope.control.fields import ValidationError
+from keyscope.documents.fields import ValidationError
 from keyscope.core import jsonstrict
 from keyscope.core.errors import Refusal
 from keyscope.core.jsonstrict import StrictJSONError

@@ -59,7 +59,7 @@ def remote_target(args: argparse.Namespace) -> tuple[str, str] | None:
     if getattr(args, "command", None) is None:
         raise UsageError(
             f"{args.group} always runs locally, against the store: "
-            "--url applies to apps, entities, associations and keys"
+            "--url applies to apps, entities, associations, keys, export, diff and apply"
         )
     if getattr(args, "store", None) is not None or args.global_store is not None:
         raise UsageError("--url and --store cannot be used together: the gateway at --url uses its own store")
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
+    return int(getattr(args, "exit_status", 0))  # a command may end well with another status (`diff`: 1)
 
 
 if __name__ == "__main__":

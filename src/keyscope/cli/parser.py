@@ -30,6 +30,7 @@ from keyscope.cli.keys import (
     update_body,
 )
 from keyscope.cli.records import APPS, ENTITIES, kind_commands
+from keyscope.cli.state import state_apply, state_diff, state_export
 from keyscope.cli.store import DEFAULT_STORE, run_init
 
 STORE_HELP = f"store URL (default: $KEYSCOPE_STORE, else {DEFAULT_STORE}; sqlite:////abs/path.db if absolute)"
@@ -37,7 +38,8 @@ JSON_HELP = "print exactly the JSON the HTTP API answers"
 CREATE_HELP = "create the store if it does not exist (otherwise a missing SQLite file is an error; see `keyscope init`)"
 URL_HELP = (
     "manage the gateway at this address (http://HOST:PORT) over its management API instead of a store; "
-    "not with --store (apps, entities, associations and keys only: init, explain and serve run locally)"
+    "not with --store (apps, entities, associations, keys, export, diff and apply: init, explain and serve run "
+    "locally)"
 )
 TOKEN_HELP = "the gateway's admin token, with --url ('-' reads it from stdin)"
 RATE_HELP = "a rate limit REQUESTS/PERIOD, the period s, m, h or d (or second, minute, hour, day): 100/s (repeatable)"
@@ -205,6 +207,20 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     sub.add_argument("id", metavar="KEY", help=KEY_ID_HELP)
     relinking(sub)
     leaf(commands, "delete", key_delete, "delete a key").add_argument("id", metavar="KEY", help=KEY_ID_HELP)
+
+    sub = leaf(groups, "export", state_export, "write the store's applications, entities, associations and keys "
+               "as a YAML state file (never secrets; stdout unless --output)")
+    sub.add_argument("--output", "-o", metavar="FILE", help="write the state file here (default: stdout)")
+    prune_help = "also delete what the store holds and the file does not name (`default` always stays)"
+    sub = leaf(groups, "diff", state_diff, "show what `apply` would create, change and delete; exit status 0: the "
+               "store matches the file, 1: there are changes, 2: an error")
+    sub.add_argument("file", metavar="FILE", help="the state file ('-' reads it from stdin)")
+    sub.add_argument("--prune", action="store_true", help=prune_help)
+    sub = leaf(groups, "apply", state_apply, "make the store match a state file, in one transaction; prints the "
+               "secrets of the keys it creates, once")
+    sub.add_argument("file", metavar="FILE", help="the state file ('-' reads it from stdin)")
+    sub.add_argument("--prune", action="store_true", help=prune_help)
+    sub.add_argument("--dry-run", action="store_true", help="write nothing: the same as diff (and its exit status)")
 
     sub = groups.add_parser(
         "explain",

@@ -11,11 +11,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from keyscope.control import render, schema
+from keyscope.control import render
 from keyscope.control.audit import announce, begin
 from keyscope.control.bodies import query, read_json
 from keyscope.control.handling import Control, reply, route, stored
 from keyscope.core.ratelimits import to_doc
+from keyscope.documents import schema
 
 PATH = "/provisioning/1/applications"
 DEFAULT_SIZE = 20

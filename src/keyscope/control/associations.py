@@ -11,12 +11,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from keyscope.control import render, schema
+from keyscope.control import render
 from keyscope.control.applications import DEFAULT_SIZE, MAX_SIZE, PAGING
 from keyscope.control.audit import announce, begin
 from keyscope.control.bodies import query, read_json
 from keyscope.control.handling import Control, reply, route, stored
 from keyscope.core.models import Association
+from keyscope.documents import schema
 from keyscope.store.audit import Audit
 
 PATH = "/provisioning/1/associations"

@@ -21,11 +21,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from keyscope.control import render, schema
+from keyscope.control import render
 from keyscope.control.bodies import query
-from keyscope.control.fields import ValidationError, check_id, format_datetime
 from keyscope.control.handling import Control, reply, route
 from keyscope.core.models import ApiKey
+from keyscope.documents import schema
+from keyscope.documents.fields import ValidationError, check_id, format_datetime
 from keyscope.store.audit import KINDS, Audit, AuditRecord, object_name
 
 PATH = "/keyscope/1/audit"

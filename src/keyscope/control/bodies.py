@@ -18,21 +18,22 @@ from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
-from keyscope.control.fields import ValidationError
-from keyscope.control.schema import query_params
 from keyscope.core import jsonstrict
 from keyscope.core.errors import Refusal
 from keyscope.core.jsonstrict import StrictJSONError
+from keyscope.documents.fields import ValidationError
+from keyscope.documents.schema import query_params
 
 MAX_BODY = 64 * 1024
 
 
-async def read_json(request: Request) -> Any:
-    return parse_json(await read_body(request))
+async def read_json(request: Request, limit: int = MAX_BODY) -> Any:
+    return parse_json(await read_body(request, limit))
 
 
-async def read_body(request: Request) -> bytes:
-    """The JSON body, at most MAX_BODY bytes counted as they arrive (Content-Length is only a first hint).
+async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+    """The JSON body, at most `limit` bytes (MAX_BODY unless a route says otherwise: a whole state document for
+    `keyscope apply`) counted as they arrive (Content-Length is only a first hint).
 
     Headers are read as sent, in order: a bad or too large Content-Length is refused where it stands, and of
     several Content-Type headers the last one counts. A client that goes away mid-body raises Starlette's
@@ -45,7 +46,7 @@ async def read_body(request: Request) -> bytes:
         elif lowered == b"content-length":
             if not value.isdigit():
                 raise Refusal(400, reason="bad_content_length", step="admin", field="Content-Length")
-            if int(value) > MAX_BODY:
+            if int(value) > limit:
                 raise Refusal(413, reason="body_too_large", step="admin")
     if content_type.split(b";", 1)[0].strip().lower() != b"application/json":
         raise Refusal(415, reason="not_json", step="admin")
@@ -54,7 +55,7 @@ async def read_body(request: Request) -> bytes:
     async with aclosing(request.stream()) as stream:
         async for chunk in stream:
             size += len(chunk)
-            if size > MAX_BODY:
+            if size > limit:
                 raise Refusal(413, reason="body_too_large", step="admin")
             chunks.append(chunk)
     return b"".join(chunks)

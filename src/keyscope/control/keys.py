@@ -13,13 +13,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from keyscope.control import keyschema, render, schema
+from keyscope.control import render
 from keyscope.control.audit import announce, begin, key_details, name_links
 from keyscope.control.bodies import query, read_json
-from keyscope.control.fields import check_name
 from keyscope.control.handling import Control, reply, route, stored
 from keyscope.core.keys import display_prefix, hash_secret, new_key_id, new_secret
 from keyscope.core.models import UNSET, ApiKey, PlatformEntry
+from keyscope.documents import keyschema, schema
+from keyscope.documents.fields import check_name
 
 PATH = "/settings/2/api-keys"
 DEFAULT_SIZE = 100

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from keyscope.control.fields import format_datetime
 from keyscope.core.ratelimits import to_doc as rate_limits_doc
 from keyscope.core.models import ApiKey, Application, Association, CascadeReport, Entity, Page, PlatformEntry
+from keyscope.documents.fields import format_datetime
 
 T = TypeVar("T")
 

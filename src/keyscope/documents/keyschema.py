@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from keyscope.control.fields import (
+from keyscope.documents.fields import (
     ValidationError,
     check_bool,
     check_enum,
@@ -34,7 +34,8 @@ from keyscope.core.ratelimits import RateLimit
 MAX_ALLOWED_IPS = 1000
 MAX_PLATFORM = 100
 
-_KEY = frozenset({"name", "allowedIPs", "validFrom", "validTo", "enabled", "platform", "rateLimits", "enforce"})
+KEY_FIELDS = frozenset({"name", "allowedIPs", "validFrom", "validTo", "enabled", "platform", "rateLimits", "enforce"})
+"""What a key document may say (a state file's key items add their `id`: `keyscope.state.document`)."""
 _ENTRY = frozenset({"key", "applicationId", "entityId", "action"})
 
 
@@ -99,7 +100,7 @@ def parse_platform(value: Any) -> tuple[PlatformLink, ...]:
 
 
 def parse_key_create(doc: Any, now: datetime) -> KeyDraft:
-    doc = object_of(doc, _KEY)
+    doc = object_of(doc, KEY_FIELDS)
     name = check_name(required(doc, "name"), "name", required=True)
     assert name is not None
     valid_from = parse_datetime(doc["validFrom"], "validFrom") if doc.get("validFrom") is not None else now
@@ -115,7 +116,7 @@ def parse_key_create(doc: Any, now: datetime) -> KeyDraft:
 def parse_key_update(doc: Any) -> KeyUpdate:
     """Absent fields keep their value; `platform: []` makes the key primary, `platform: null` is refused
     because it could mean either."""
-    doc = object_of(doc, _KEY)
+    doc = object_of(doc, KEY_FIELDS)
     fields: dict[str, Any] = {}
     if "name" in doc:
         fields["name"] = check_name(doc["name"], "name", required=True)

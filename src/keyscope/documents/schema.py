@@ -1,8 +1,9 @@
 """Provisioning documents and management queries: applications, entities, associations, paging and filters.
 
-One implementation for the management API, the CLI (which drives that API in-process) and the web interface,
-so that a document is accepted or refused the same way everywhere. Field names are the platform's own
-(`applicationId`, `resourceType`, ...); key documents are `keyschema`'s, rendering is `render`'s.
+One implementation for the management API, the CLI (which drives that API in-process), the web interface and
+the state file (`keyscope.state`), so that a document is accepted or refused the same way everywhere. Field
+names are the platform's own (`applicationId`, `resourceType`, ...); key documents are `keyschema`'s, rendering
+is `control.render`'s.
 
 Decisions: an absent `entityId` in an association means `null`; a query parameter given twice is refused, not
 guessed at; unknown members and parameters are refused, so a typo never passes as a default.
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from keyscope.control.fields import (
+from keyscope.documents.fields import (
     ValidationError,
     check_enum,
     check_id,
