@@ -27,14 +27,15 @@ from urllib.parse import urlencode
 from starlette.requests import ClientDisconnect
 from starlette.routing import Router
 
-from keyscope.control import applications, associations, entities, keys
+from keyscope.control import applications, associations, entities, keys, state
 from keyscope.control import audit as _audit
+from keyscope.control import events as _events
 from keyscope.control.bodies import MAX_BODY
-from keyscope.control.fields import ValidationError
 from keyscope.control.handling import Answer, Control
 from keyscope.core.errors import Family, Refusal, body, refusal_body
 from keyscope.core.types import ASGIApp, Message, Receive, Scope, Send
 from keyscope.decide.auth import KeyAuthenticator, authorization_header, split_credentials
+from keyscope.documents.fields import ValidationError
 from keyscope.store.base import Store, StoreUnavailable
 
 __all__ = ["MAX_BODY", "AdminApp", "call", "create_app"]
@@ -63,6 +64,8 @@ class AdminApp:
             *associations.routes(self.control),
             *keys.routes(self.control),
             *_audit.routes(self.control),
+            *_events.routes(self.control),
+            *state.routes(self.control),
         ]
         self.router = Router(routes, redirect_slashes=False, default=_no_such_path)
 

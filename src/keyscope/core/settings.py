@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -51,6 +52,30 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 """`--log-level`: uvicorn's names; it sets the level of keyscope's and uvicorn's lines on stderr."""
 RATE_LIMIT_ON_ERROR = ("allow", "deny")
 """`--rate-limit-on-error`: what a request with rate limits gets while the Redis counters do not answer."""
+
+
+def events_urls(name: str, value: tuple[str, ...]) -> tuple[str, ...]:
+    """Each an `http://` or `https://` URL with a host, without credentials (the signature authenticates keyscope,
+    and a password in a URL ends up in logs) or a fragment; the same URL twice is one receiver."""
+    for url in value:
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise ConfigError(f"{name} {url!r} is not a valid URL") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+            raise ConfigError(f"{name} {url!r} must be an http:// or https:// URL with a host")
+        if parts.username or parts.password:
+            raise ConfigError(f"{name} {url!r} must not carry credentials: receivers check X-Keyscope-Signature")
+        if parts.fragment or "#" in url or any(c in url for c in " \r\n\t\0"):
+            raise ConfigError(f"{name} {url!r} must not have a fragment, spaces or control characters")
+    return tuple(dict.fromkeys(value))
+
+
+def at_least_a_second(name: str, value: float) -> float:
+    if not 1 <= value < math.inf:
+        raise ConfigError(f"{name} must be a number of seconds, at least 1")
+    return value
 
 
 def rate_limit_store(name: str, value: str) -> str:
@@ -141,6 +166,20 @@ class Settings:
         "info", ", ".join(f"`{level}`" for level in LOG_LEVELS[:-1]) + f" or `{LOG_LEVELS[-1]}`: the lines on "
         "stderr from this level on (access lines follow `--access-log`)", metavar="LEVEL", check=one_of(*LOG_LEVELS))
     access_log: bool = option(True, "one line per request on stdout (`--log-format`)")
+    events_url: tuple[str, ...] = option(
+        (), "POST each deletion event to this receiver (repeatable, or comma-separated; needs `--events-secret`): "
+        "[Deletion events](#deletion-events)", metavar="URL", check=events_urls)
+    events_secret: str | None = option(
+        None, "HMAC-SHA256 key of the events' `X-Keyscope-Signature` (prefer `KEYSCOPE_EVENTS_SECRET`: flags show "
+        "in `ps`)", metavar="SECRET", check=not_empty)
+    events_timeout: float = option(10.0, "time a receiver has to answer an event (a failure past it, retried)",
+                                   metavar="SECONDS", check=finite_positive_seconds)
+    events_retry_max: float = option(
+        60.0, "longest wait between attempts at an event a receiver did not take (the back-off doubles from 0.5 s "
+        "up to it, with jitter)", metavar="SECONDS", check=finite_positive_seconds)
+    events_lease: float = option(
+        15.0, "how long one process's claim to deliver to a receiver lasts unrenewed: another worker or instance "
+        "takes over this long after one dies", metavar="SECONDS", check=at_least_a_second)
 
     def limits(self) -> Limits:
         """The bounds on every input these settings name (the rest at their defaults)."""
@@ -161,12 +200,13 @@ class Settings:
     def from_json(cls, text: str) -> Settings:
         data = json.loads(text)
         data["trusted_proxies"] = tuple(data["trusted_proxies"])
+        data["events_url"] = tuple(data["events_url"])
         return cls(**data)
 
     def __repr__(self) -> str:
         # Settings end up in tracebacks and debug output: never show the two secrets they can hold.
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in ("upstream_authorization", "admin_token"):
+        for name in ("upstream_authorization", "admin_token", "events_secret"):
             if shown[name] is not None:
                 shown[name] = "***"
         if "@" in shown["rate_limit_store"]:  # redis://:password@host
@@ -200,7 +240,15 @@ def validate(settings: Settings) -> Settings:
     settings = dataclasses.replace(settings, **checked)
     _check_contract(settings)
     _check_listeners(settings)
+    _check_events(settings)
     return settings
+
+
+def _check_events(settings: Settings) -> None:
+    """A receiver that acts on deletions must be able to tell keyscope's events from anyone's: no URL without
+    a secret to sign with (unsigned events are never sent)."""
+    if settings.events_url and settings.events_secret is None:
+        raise ConfigError("events-url needs --events-secret (or KEYSCOPE_EVENTS_SECRET): events are always signed")
 
 
 def _check_contract(settings: Settings) -> None:

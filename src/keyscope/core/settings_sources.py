@@ -53,6 +53,9 @@ def add_flags(parser: argparse.ArgumentParser, options: Sequence[Option]) -> Non
         if option.kind == "bool":
             parser.add_argument(option.flag, dest=option.name, default=None, action=argparse.BooleanOptionalAction,
                                 help=help_line(option))
+        elif option.kind == "tuple[str, ...]":  # a list: the flag may be repeated, each may hold commas
+            parser.add_argument(option.flag, dest=option.name, default=None, action="append", metavar=option.metavar,
+                                help=help_line(option))
         else:
             parser.add_argument(option.flag, dest=option.name, default=None, type=_FLAG_TYPES.get(option.kind, str),
                                 metavar=option.metavar, help=help_line(option))
@@ -165,8 +168,8 @@ def _convert(option: Option, value: Any, origin: str) -> Any:
                 raise ValueError
             return float(str(value).strip())
         if kind == "tuple[str, ...]":
-            items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-            return tuple(str(item).strip() for item in items if str(item).strip())
+            items = value if isinstance(value, (list, tuple)) else [value]
+            return tuple(part.strip() for item in items for part in str(item).split(",") if part.strip())
         if value is None:
             return None
         if isinstance(value, (dict, list)):

@@ -13,6 +13,9 @@ port. Recorded in one place per request, where its access line is written (`Admi
                                                                     known or unknown secret) or miss (the store)
     keyscope_requests_in_flight                                     requests inside the gateway's ASGI app
     keyscope_change_seconds_since                                   since the last change notification or poll
+    keyscope_events_delivered_total                                 deletion events receivers took (2xx)
+    keyscope_events_failed_total                                    attempts that failed (retried after back-off)
+    keyscope_events_pending{target}                                 events a receiver has not taken yet
 
 Under `--workers N` the figures are summed over the workers (prometheus-client's multiprocess mode): the
 supervising process makes a private directory (`shared_directory()`) and names it in PROMETHEUS_MULTIPROC_DIR
@@ -126,6 +129,24 @@ RATE_LIMIT_STORE_ERRORS = Counter(
     registry=REGISTRY,
 )
 
+EVENTS_DELIVERED = Counter(
+    "keyscope_events_delivered",
+    "Deletion events a receiver answered 2xx to, sent by this process (keyscope.events)",
+    registry=REGISTRY,
+)
+EVENTS_FAILED = Counter(
+    "keyscope_events_failed",
+    "Attempts to send a deletion event that failed (no connection, timeout, a status outside 2xx); each is retried",
+    registry=REGISTRY,
+)
+EVENTS_PENDING = Gauge(
+    "keyscope_events_pending",
+    "Deletion events a receiver (the target: its URL without the query) has not taken yet, as the store says",
+    ["target"],
+    registry=REGISTRY,
+    multiprocess_mode="livemax",  # every worker reads the same figure from the store
+)
+
 for _cause in ("refused", "timeout", "reset"):
     UPSTREAM_FAILURES.labels(_cause)  # shown at 0 from the start
 STORE_OPERATIONS = ("find_key", "missing_ids", "revision")
@@ -141,7 +162,7 @@ _served: Any = REGISTRY
 
 _HELP = {family.name: family.documentation
          for instrument in (REQUESTS, DURATION, UPSTREAM_DURATION, UPSTREAM_FAILURES, KEY_CACHE, IN_FLIGHT, CHANGE_SINCE,
-                            RATE_LIMIT_STORE_ERRORS)
+                            RATE_LIMIT_STORE_ERRORS, EVENTS_DELIVERED, EVENTS_FAILED, EVENTS_PENDING)
          for family in instrument.describe()}
 
 
@@ -197,6 +218,32 @@ def key_cache_miss() -> None:
 def rate_limit_store_error() -> None:
     if _on:
         RATE_LIMIT_STORE_ERRORS.inc()
+
+
+def events_on() -> bool:
+    return _on
+
+
+def events_targets(targets: Iterable[str]) -> None:
+    """The receivers this process delivers to, shown from the start (pending 0 until the store says more)."""
+    for target in targets:
+        EVENTS_PENDING.labels(target)
+
+
+def event_delivered() -> None:
+    """Deletion events are rare: written as they happen, never batched (as `store_call`)."""
+    if _on:
+        EVENTS_DELIVERED.inc()
+
+
+def event_failed() -> None:
+    if _on:
+        EVENTS_FAILED.inc()
+
+
+def events_pending(target: str, count: int) -> None:
+    if _on:
+        EVENTS_PENDING.labels(target).set(max(0, count))
 
 
 def store_call(operation: str, started: float, failed: bool = False) -> None:

@@ -36,6 +36,7 @@ from keyscope.core import settings as config
 from keyscope.core.settings import ConfigError, Settings
 from keyscope.core.settings_option import ProblemsError
 from keyscope.core.settings_sources import WORKER_ENV, add_flags, gather, given_flags
+from keyscope.events import deliverer as events
 from keyscope.gateway.app import Gateway
 from keyscope.gateway.authorizer import Authorizer
 from keyscope.gateway.protocol import GatewayProtocol
@@ -196,6 +197,7 @@ def build_app(settings: Settings) -> Any:
     gateway = Authorizer.from_settings(settings) if settings.contract else Gateway.from_settings(settings)
     if settings.status_listen is not None:
         status.attach(gateway, settings)
+    events.attach(gateway, settings)  # --events-url: deletion events delivered from this process (keyscope.events)
     _stop_gathering_on_exit_signals()
     _tune_gc()
     return gateway

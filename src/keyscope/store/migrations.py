@@ -118,6 +118,39 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE applications ADD COLUMN rate_limits TEXT NOT NULL DEFAULT '[]'",
         ),
     ),
+    Migration(
+        4,
+        "deletion events: the outbox written with each deletion, and each receiver's delivery state",
+        (
+            # seq comes from this counter, bumped in the deleting transaction (which holds the store's write
+            # lock), so events commit in seq order and a deliverer reading `seq > done_seq` never skips one
+            "INSERT INTO meta (name, value) VALUES ('events', 0)",
+            # body: the JSON POSTed, byte for byte (signed as stored); object: `kind:id`, for listing
+            "CREATE TABLE event_outbox ("
+            " seq {counter} PRIMARY KEY,"
+            " id {ident} NOT NULL UNIQUE,"
+            " at TEXT NOT NULL,"
+            " type {ident} NOT NULL,"
+            " object {ident} NOT NULL,"
+            " body TEXT NOT NULL)",
+            "CREATE INDEX event_outbox_object ON event_outbox (object, seq)",
+            # one row per receiver URL: every event up to done_seq is delivered; the lease (owner, lease_until)
+            # says which instance delivers now; attempts/last_error/next_attempt_at the retries of the next one
+            "CREATE TABLE event_targets ("
+            " url {ident} PRIMARY KEY,"
+            " done_seq {counter} NOT NULL,"
+            " delivered {counter} NOT NULL,"
+            " attempts INTEGER NOT NULL,"
+            " last_error TEXT,"
+            " last_attempt_at TEXT,"
+            " next_attempt_at TEXT,"
+            " delivered_at TEXT,"
+            " owner TEXT,"
+            " lease_until TEXT,"
+            " seen_at TEXT NOT NULL,"
+            " created_at TEXT NOT NULL)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -38,6 +38,7 @@ from keyscope.store.audit import KEEP as AUDIT_KEEP
 from keyscope.store.audit import Audit, AuditRecord, object_name, split_object
 from keyscope.store.base import Conflict, MissingReference, NotFound, Protected, Store, StoreUnavailable
 from keyscope.store.migrations import LATEST, MIGRATIONS, VERSION_TABLE
+from keyscope.store.outbox import NO_LINKS_LEFT, UPDATED, Recorder
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
@@ -411,7 +412,10 @@ class SQLStore(Store):
         """Removes the id with everything naming it, in one transaction.
 
         A key entry naming a pair goes when either part goes. A key losing its last entry is disabled in
-        the same transaction, before its entries disappear, so no reader ever sees it as primary.
+        the same transaction, before its entries disappear, so no reader ever sees it as primary. The
+        deletion events (`outbox`) are written in it too, from what it reads before deleting: the deletion
+        itself, then each association and key link removed, then each key it disables (one that was
+        enabled: an already disabled key only loses its links).
         """
         naming = f"EXISTS (SELECT 1 FROM key_entries e WHERE e.key_id = k.id AND e.{column} = ?)"
         only_naming = (
@@ -422,15 +426,18 @@ class SQLStore(Store):
             if await tx.fetchone(f"SELECT 1 FROM {table} WHERE {column} = ?", (ident,)) is None:
                 raise NotFound(kind, ident)
             emptied = await tx.fetchall(
-                f"SELECT k.id FROM api_keys k WHERE {naming} AND {only_naming} ORDER BY k.id", (ident, ident)
+                f"SELECT k.id, k.enabled FROM api_keys k WHERE {naming} AND {only_naming} ORDER BY k.id",
+                (ident, ident),
             )
             touched = await self._cascade_reach(tx, column, ident) if audit is not None else None
+            events = await self._cascade_events(tx, kind, column, ident, emptied)
             await tx.execute(f"UPDATE api_keys SET enabled = 0 WHERE id IN (SELECT k.id FROM api_keys k"
                              f" WHERE {naming} AND {only_naming})", (ident, ident))
             associations = await tx.execute(f"DELETE FROM associations WHERE {column} = ?", (ident,))
             entries = await tx.execute(f"DELETE FROM key_entries WHERE {column} = ?", (ident,))
             await tx.execute(f"DELETE FROM {table} WHERE {column} = ?", (ident,))
             await self._changed(tx)
+            await events.write(tx)
             report = CascadeReport(associations, entries, tuple(row[0] for row in emptied))
             if touched is not None:
                 unlinked, related = touched
@@ -442,6 +449,29 @@ class SQLStore(Store):
                 }
                 await self._audit(tx, audit, related=related, cascade=cascade)
         return report
+
+    async def _cascade_events(
+        self, tx: Transaction, kind: str, column: str, ident: str, emptied: Sequence[Row]
+    ) -> Recorder:
+        """The deletion events of a cascade, read before it deletes anything (`emptied`: the keys it leaves
+        without links, with whether each is enabled); written by the caller once it has deleted."""
+        events = Recorder()
+        cause = events.application_deleted(ident) if kind == "application" else events.entity_deleted(ident)
+        for row in await tx.fetchall(
+            f"SELECT {_ASSOCIATION_COLUMNS} FROM associations WHERE {column} = ?"
+            " ORDER BY resource_type, channel, resource_id", (ident,)
+        ):
+            resource_type, channel, application_id, entity_id, resource_id = row
+            events.association_removed(resource_type, channel, resource_id, application_id, entity_id, cause)
+        for key_id, application_id, entity_id, action in await tx.fetchall(
+            f"SELECT key_id, application_id, entity_id, action FROM key_entries WHERE {column} = ?"
+            " ORDER BY key_id, position", (ident,)
+        ):
+            events.link_removed(key_id, application_id, entity_id, action, cause)
+        for key_id, enabled in emptied:
+            if enabled:
+                events.key_disabled(key_id, NO_LINKS_LEFT, cause)
+        return events
 
     async def _cascade_reach(self, tx: Transaction, column: str, ident: str) -> tuple[list[str], list[str]]:
         """For the audit record, before a cascade runs: the keys that lose entries, and every object the
@@ -484,6 +514,9 @@ class SQLStore(Store):
             removed = await tx.execute(f"DELETE FROM associations WHERE {where}", args)
             if not removed:
                 raise NotFound("association", f"{a.resource_type}/{a.channel}/{a.resource_id}")
+            events = Recorder()  # a direct removal: no cause
+            events.association_removed(a.resource_type, a.channel, a.resource_id, a.application_id, a.entity_id)
+            await events.write(tx)
             await self._audit(tx, audit)
 
     async def get_association(
@@ -608,8 +641,13 @@ class SQLStore(Store):
         if update.enforce is not UNSET:
             columns["enforce"] = int(bool(update.enforce))
         async with self._writing() as tx:
-            if await tx.fetchone("SELECT 1 FROM api_keys WHERE id = ?", (key_id,)) is None:
+            found = await tx.fetchone("SELECT enabled FROM api_keys WHERE id = ?", (key_id,))
+            if found is None:
                 raise NotFound("apiKey", key_id)
+            # deletion events: a key disabled here, and the application/entity pairs a re-link drops
+            events = Recorder()
+            if found[0] and update.enabled is not UNSET and not update.enabled:
+                events.key_disabled(key_id, UPDATED)
             if columns:
                 assignments = ", ".join(f"{column} = ?" for column in columns)
                 await tx.execute(f"UPDATE api_keys SET {assignments} WHERE id = ?", (*columns.values(), key_id))
@@ -620,24 +658,38 @@ class SQLStore(Store):
                     for link in links
                 )
                 await self._require_links(tx, entries)
+                kept = {(entry.application_id, entry.entity_id) for entry in entries}
+                for application_id, entity_id, action in await tx.fetchall(
+                    "SELECT application_id, entity_id, action FROM key_entries WHERE key_id = ? ORDER BY position",
+                    (key_id,),
+                ):
+                    if (application_id, entity_id) not in kept:
+                        events.link_removed(key_id, application_id, entity_id, action)
                 await tx.execute("DELETE FROM key_entries WHERE key_id = ?", (key_id,))
                 await self._insert_entries(tx, key_id, entries)
             await self._changed(tx)
+            await events.write(tx)
             await self._audit(tx, audit)
             return await self._key_in(tx, key_id)
 
     async def delete_key(self, key_id: str, *, audit: Audit | None = None) -> None:
         async with self._writing() as tx:
             related: list[str] = []
-            if audit is not None:  # the record names what the key was linked to, read before it goes
-                for row in await tx.fetchall(
-                    "SELECT application_id, entity_id FROM key_entries WHERE key_id = ? ORDER BY position", (key_id,)
-                ):
-                    related += [object_name(kind, ident) for kind, ident in zip(("application", "entity"), row)
+            # what the key was linked to, read before it goes: for the audit record and its key.deleted event
+            links = await tx.fetchall(
+                "SELECT application_id, entity_id, action FROM key_entries WHERE key_id = ? ORDER BY position",
+                (key_id,),
+            )
+            if audit is not None:
+                for row in links:
+                    related += [object_name(kind, ident) for kind, ident in zip(("application", "entity"), row[:2])
                                 if ident is not None]
             if not await tx.execute("DELETE FROM api_keys WHERE id = ?", (key_id,)):
                 raise NotFound("apiKey", key_id)
             await self._changed(tx)
+            events = Recorder()
+            events.key_deleted(key_id, [tuple(row) for row in links])
+            await events.write(tx)
             await self._audit(tx, audit, related=related)
 
     async def keys_for_application(self, application_id: str) -> list[ApiKey]:
