@@ -34,6 +34,7 @@ class Keys:
     linked: str
     linked_id: str
     fill: str
+    shadow: str
 
 
 async def _seed(url: str) -> Keys:
@@ -54,7 +55,12 @@ async def _seed(url: str) -> Keys:
         fill = await call(
             "POST", "/settings/2/api-keys", {"name": "fill", "platform": [{"applicationId": "app-a", "action": "FILL"}]}
         )
-        return Keys(primary["apiKeySecret"], linked["apiKeySecret"], linked["id"], fill["apiKeySecret"])
+        shadow = await call(
+            "POST", "/settings/2/api-keys", {"name": "shadow", "platform": [{"applicationId": "app-a"}], "enforce": False}
+        )
+        return Keys(
+            primary["apiKeySecret"], linked["apiKeySecret"], linked["id"], fill["apiKeySecret"], shadow["apiKeySecret"]
+        )
     finally:
         await store.close()
 
@@ -77,6 +83,8 @@ def describe(request: Request, body: bytes) -> dict[str, Any]:
         "query": request.url.query,
         "body": body.decode(),
         "content_length": request.headers.get("content-length"),
+        "keyscope_headers": sorted(name for name in request.headers if name.startswith("x-keyscope-")),
+        "shadow_refusal": request.headers.get("x-keyscope-shadow-refusal"),
     }
 
 
@@ -143,6 +151,27 @@ def test_linked_key_out_of_scope_never_reaches_the_app(client: TestClient, keys:
 
 def test_linked_key_on_an_unlisted_path_is_refused(client: TestClient, keys: Keys) -> None:
     assert client.get("/internal/stats", headers=auth(keys.linked)).status_code == 403
+
+
+def test_a_shadow_key_reaches_the_app_which_is_told_what_would_have_been_refused(
+    client: TestClient, keys: Keys
+) -> None:
+    response = client.get("/sms/1/logs?applicationId=app-b", headers=auth(keys.shadow))
+    assert response.status_code == 200
+    assert response.json()["shadow_refusal"] == "id_out_of_scope"
+    assert response.json()["query"] == "applicationId=app-b"  # as the client sent it
+    in_scope = client.get("/sms/1/logs?applicationId=app-a", headers=auth(keys.shadow)).json()
+    assert in_scope["shadow_refusal"] is None
+
+
+def test_x_keyscope_headers_from_the_client_never_reach_the_app(client: TestClient, keys: Keys) -> None:
+    forged = {"X-Keyscope-Shadow-Refusal": "none", "X-Keyscope-Application-Id": "app-b", "X-Keyscope-Key-Id": "x"}
+    for secret in (keys.linked, keys.primary):
+        seen = client.get("/sms/1/logs?applicationId=app-a", headers={**auth(secret), **forged}).json()
+        assert seen["keyscope_headers"] == []
+    seen = client.get("/sms/1/logs?applicationId=app-b", headers={**auth(keys.shadow), **forged}).json()
+    assert seen["keyscope_headers"] == ["x-keyscope-shadow-refusal"]
+    assert seen["shadow_refusal"] == "id_out_of_scope"
 
 
 def test_primary_key_reaches_any_path(client: TestClient, keys: Keys) -> None:

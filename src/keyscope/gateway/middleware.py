@@ -12,7 +12,8 @@ Starlette and FastAPI read it as `request.state.keyscope`.
 
 Keys' and applications' rate limits hold here too (429 with `Retry-After`, `RateLimit-*` on the app's answers),
 counted in this process (`local`) or in Redis; shadow mode logs what it would refuse as `shadow` and calls the
-app anyway (the app sees no `X-Keyscope-Shadow-Refusal` header: its access line says it).
+app anyway, with an `X-Keyscope-Shadow-Refusal` header naming the reason, as the gateway tells its upstream. As
+there, `X-Keyscope-*` headers the client sent never reach the app.
 
 A store given as a URL is opened at lifespan start-up (or on the first request) and closed at shutdown; a
 `Store` object is used as given (open it before the first request). Either way the middleware hears of
@@ -46,6 +47,7 @@ from keyscope.observe import accesslog
 from keyscope.store import Store, store_from_url
 
 _perf_counter = time.perf_counter
+_KEYSCOPE_PREFIX = b"x-keyscope-"
 
 
 class KeyScopeMiddleware:
@@ -97,11 +99,17 @@ class KeyScopeMiddleware:
         scope["query_string"] = admission.query
         principal = admission.principal()
         scope["state"] = {**state, "keyscope": principal} if state else {"keyscope": principal}
+        headers = scope["headers"]
+        if admission.shadow is not None or any(name.startswith(_KEYSCOPE_PREFIX) for name, _ in headers):
+            # X-Keyscope-* headers are keyscope's word to the app, never the client's (as the gateway's upstream)
+            headers = scope["headers"] = [item for item in headers if not item[0].startswith(_KEYSCOPE_PREFIX)]
+            if admission.shadow is not None:
+                headers.append((b"x-keyscope-shadow-refusal", admission.shadow.reason.encode("ascii")))
         body = admission.body
         if body is not None:
             if admission.changed:
                 scope["headers"] = [
-                    (name, value) for name, value in scope["headers"]
+                    (name, value) for name, value in headers
                     if name not in (b"content-length", b"transfer-encoding")
                 ] + [(b"content-length", str(len(body)).encode())]
             receive = _replay(body, receive)
