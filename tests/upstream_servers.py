@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from keyscope.gateway import downstream
 from keyscope.gateway.upstream import Upstream
 
 
@@ -112,12 +113,12 @@ class Call:
         return self.messages[-1]["type"] == "http.response.body" and not self.messages[-1].get("more_body", False)
 
 
-class Note:
+class Note(downstream.Note):
+    """The upstream client's own note, with a request id (as an Admission gives it)."""
+
     def __init__(self) -> None:
+        super().__init__()
         self.request_id = "rid-1"
-        self.bytes_in = self.bytes_out = 0
-        self.upstream_ms: float | None = None
-        self.cause: str | None = None
 
 
 async def call(upstream: Upstream, method: str = "GET", path: bytes = b"/x", *, body: bytes | None = b"",

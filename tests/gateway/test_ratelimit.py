@@ -94,6 +94,22 @@ def test_a_limited_key_gets_429_with_retry_after_and_ratelimit_headers(
         gateway.stop()
 
 
+def test_an_admitted_request_the_upstream_fails_still_carries_its_ratelimit_headers(
+    tmp_path: Path, store_url: str
+) -> None:
+    folder = tmp_path / "gw"
+    folder.mkdir()
+    gateway = Gateway.start(f"http://127.0.0.1:{free_port()}", folder, store_url=store_url)  # nothing listens
+    try:
+        key = limited_key(gateway, (5, "hour"))
+        answer = gateway.request("GET", "/anything", key)
+        assert answer.status_code == 502
+        assert (answer.headers["ratelimit-limit"], answer.headers["ratelimit-remaining"]) == ("5", "4")
+        assert "x-request-id" in answer.headers
+    finally:
+        gateway.stop()
+
+
 def test_an_application_limit_is_shared_and_changes_at_runtime_within_the_key_cache_ttl(
     echo: Echo, tmp_path: Path, store_url: str  # noqa: F811
 ) -> None:

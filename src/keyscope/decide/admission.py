@@ -7,7 +7,8 @@ access line and the metrics of everything else.
 
 Two things reach the answer from here beside the refusal: the rate-limit verdict (`rate`), whose
 `RateLimit-*` headers go on the refusal (`refused()`, `refused_early()`) and on the admitted answer
-(`answer_headers()`, added by the gateway and the middleware where they send the response's head); and a
+(`answer_headers()`, added where the response's head is made: the gateway's upstream client, the middleware,
+the authorizer); and a
 shadowed refusal (`shadow`): the request is forwarded as the client sent it, the backend told why with
 `X-Keyscope-Shadow-Refusal` (`identity_headers()`), and its access line says `shadow` with that reason and step.
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from keyscope.allowlist.table import Endpoint
 from keyscope.core.errors import Family, Refusal
 from keyscope.core.models import ApiKey, PlatformEntry
-from keyscope.core.types import Message, Scope, Send
+from keyscope.core.types import Scope, Send
 from keyscope.decide.answers import refusal_answer, refuse
 from keyscope.decide.auth import KeyAuthenticator
 from keyscope.http.canonical import HeaderMap
@@ -158,21 +159,6 @@ class Admission:
         """What keyscope adds to an admitted request's answer: the `RateLimit-*` headers of a limited key."""
         rate = self.rate
         return [] if rate is None else rate.headers()
-
-    def sending(self, send: Send) -> Send:
-        """`send` with `answer_headers()` added to the response's head; `send` itself when there are none (the
-        upstream's answer and a 502/504 alike: the request was admitted, and counted)."""
-        rate = self.rate
-        if rate is None:
-            return send
-        extra = rate.headers()
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), *extra]}
-            await send(message)
-
-        return send_with_headers
 
     def shadowed(self, refusal: Refusal, query: bytes, body: bytes | None) -> None:
         """Shadow mode: `refusal` is not answered; the request goes upstream as the client sent it."""

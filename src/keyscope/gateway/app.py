@@ -133,7 +133,7 @@ class Gateway:
         status, upstream_status = await self.upstream.forward(
             scope,
             receive,
-            admission.sending(send),  # with the RateLimit-* headers of a limited key
+            send,
             query=admission.query,
             body=admission.body,
             identity=admission.identity_headers(),

@@ -24,6 +24,10 @@ class Note:
         self.upstream_ms: float | None = None
         self.cause: str | None = None
 
+    def answer_headers(self) -> list[tuple[bytes, bytes]]:
+        """What keyscope adds to the answer's head (an Admission: the `RateLimit-*` headers of a limited key)."""
+        return []
+
 
 class ClientGone(Exception):
     """The client disconnected while its request body was being streamed upstream."""
@@ -85,6 +89,7 @@ async def fail(send: Send, status: int, family: errors.Family, note: Any = None)
         if note.request_id is not None:
             headers.append((b"x-request-id", note.request_id.encode("ascii")))
         note.bytes_out += len(payload)
+        headers += note.answer_headers()
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
     return status

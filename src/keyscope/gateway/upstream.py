@@ -106,8 +106,9 @@ class Upstream:
         """Forward and stream back: (status answered, upstream's status or None if it never answered).
 
         `note`, when given (the request's `checks.Admission`), says the request id, sent upstream as
-        X-Request-Id and back to the client in place of any the upstream sent, and gets what the access line
-        needs: `bytes_in`, `bytes_out`, `upstream_ms` and, on a failure, its `cause`.
+        X-Request-Id and back to the client in place of any the upstream sent, and the headers keyscope adds
+        to the answer (`answer_headers()`, also on a 502/504: the request was admitted, and counted); it gets
+        what the access line needs: `bytes_in`, `bytes_out`, `upstream_ms` and, on a failure, its `cause`.
 
         The status is 502/504 when the upstream failed and 499 when the client left first.
 
@@ -226,8 +227,11 @@ class Upstream:
         pool = self._pool
         assert pool is not None
         try:
-            await send({"type": "http.response.start", "status": status,
-                        "headers": response_headers(connection.headers, note.request_id)})
+            headers = response_headers(connection.headers, note.request_id)
+            extra = note.answer_headers()
+            if extra:
+                headers += extra
+            await send({"type": "http.response.start", "status": status, "headers": headers})
             while True:
                 chunk = connection.take()
                 if connection.complete:

@@ -40,36 +40,38 @@ class Rule:
     limit: RateLimit
     interval: int
     tolerance: int
+    requests: int
+    capacity: int
+    """N x I: how far from full an empty bucket is."""
 
     @classmethod
     def of(cls, limit: RateLimit) -> Rule:
         interval = -(-limit.seconds * MICROS // limit.requests)  # rounded up
-        return cls(limit, interval, (limit.requests - 1) * interval)
-
-    @property
-    def requests(self) -> int:
-        return self.limit.requests
+        return cls(limit, interval, (limit.requests - 1) * interval, limit.requests, limit.requests * interval)
 
     def remaining(self, ahead: int) -> int:
         """Tokens left when the bucket is `ahead` microseconds from full."""
-        return max((self.requests * self.interval - ahead) // self.interval, 0)
+        return max((self.capacity - ahead) // self.interval, 0)
 
 
 def conform(tats: Sequence[int], rules: Sequence[Rule], now: int) -> tuple[bool, list[int]]:
     """One request at `now` against several limits: admitted only if every limit lets it through, and then it
-    counts against every one. Returns (admitted, each limit's TAT after it); a refusal leaves them as they were
-    (but never behind `now`). A TAT of 0 is a limit never used."""
-    after = []
+    counts against every one. Returns (admitted, each limit's gap after it: its TAT minus `now`, never below
+    0); a refusal changes no TAT. A TAT of 0 is a limit never used. The gaps are what the Redis script answers
+    too, and what `verdict()` reads. (`rules` and `tats` have one item per limit: zip without `strict`, as
+    `Plan` makes them so.)"""
+    gaps = []
     admitted = True
-    for tat, rule in zip(tats, rules, strict=True):
-        if tat < now:
-            tat = now
-        elif tat - now > rule.tolerance:
+    for tat, rule in zip(tats, rules):
+        gap = tat - now
+        if gap < 0:
+            gap = 0
+        elif gap > rule.tolerance:
             admitted = False
-        after.append(tat)
+        gaps.append(gap)
     if not admitted:
-        return False, after
-    return True, [tat + rule.interval for tat, rule in zip(after, rules, strict=True)]
+        return False, gaps
+    return True, [gap + rule.interval for gap, rule in zip(gaps, rules)]
 
 
 class Verdict(NamedTuple):
@@ -91,7 +93,7 @@ class Verdict(NamedTuple):
         headers = [
             (b"ratelimit-limit", b"%d" % self.limit),
             (b"ratelimit-remaining", b"%d" % self.remaining),
-            (b"ratelimit-reset", b"%d" % seconds(self.reset)),
+            (b"ratelimit-reset", b"%d" % -(-self.reset // MICROS)),  # seconds(), inline: on every answer
         ]
         if not self.admitted:
             headers.append((b"retry-after", b"%d" % max(seconds(self.retry_after), 1)))
@@ -102,19 +104,20 @@ def seconds(micros: int) -> int:
     return -(-micros // MICROS)
 
 
-def verdict(admitted: bool, tats: Sequence[int], rules: Sequence[Rule], now: int) -> Verdict:
-    """The Verdict of `conform()`'s answer (`tats` as it returned them)."""
+def verdict(admitted: bool, gaps: Sequence[int], rules: Sequence[Rule]) -> Verdict:
+    """The Verdict of `conform()`'s answer, or the Redis script's (each limit's TAT minus the time)."""
     nearest: Rule | None = None
     least = ahead = wait = 0
-    for tat, rule in zip(tats, rules, strict=True):
-        gap = tat - now
+    for gap, rule in zip(gaps, rules):
         if not admitted and gap > rule.tolerance and gap - rule.tolerance > wait:
             wait = gap - rule.tolerance
-        interval = rule.interval
-        left = (rule.limit.requests * interval - gap) // interval  # Rule.remaining(), inline: on every request
+        left = (rule.capacity - gap) // rule.interval  # Rule.remaining(), inline: on every request
         if left < 0:
             left = 0
         if nearest is None or left < least or (left == least and gap > ahead):
             nearest, least, ahead = rule, left, gap
     assert nearest is not None
-    return Verdict(admitted, nearest.limit.requests, least, ahead, wait)
+    return _new_verdict(Verdict, (admitted, nearest.requests, least, ahead, wait))
+
+
+_new_verdict = tuple.__new__  # Verdict's own __new__ is Python code taking the fields one by one

@@ -35,13 +35,13 @@ class LocalCounters:
             now = round(self.clock() * MICROS)
         tats = self._tats
         get = tats.get
-        admitted, after = conform([get(name, 0) for name in names], rules, now)
+        admitted, gaps = conform([get(name, 0) for name in names], rules, now)
         if admitted:
-            for name, tat in zip(names, after, strict=True):
-                tats[name] = tat
+            for name, gap in zip(names, gaps):
+                tats[name] = now + gap
             if len(tats) >= self._sweep_at:
                 self._sweep(now)
-        return verdict(admitted, after, rules, now)
+        return verdict(admitted, gaps, rules)
 
     def undo(self, names: Sequence[str], rules: Sequence[Rule]) -> None:
         """Take back the request counted last against these limits, nothing having been counted since (the

@@ -137,7 +137,7 @@ class RedisCounters:
         if self._down:
             self._down = False
             logger.warning("rate-limit store %s answers again", describe(self.url))
-        return verdict(answer[0] == 1, [int(gap) for gap in answer[1:]], rules, 0)
+        return verdict(answer[0] == 1, [int(gap) for gap in answer[1:]], rules)
 
     def _send(self) -> None:
         batch, self._batch = self._batch, []
