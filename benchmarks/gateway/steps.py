@@ -8,7 +8,7 @@ on the machine still moves it (caches, frequency), so compare figures taken back
 
 Instruction counts are steadier than CPU time on a shared machine: run one row under valgrind at two call
 counts and take the difference (`valgrind --tool=callgrind ... steps.py --only "steps 2-5: Checks.admit, linked
-POST" --calls 300 --rounds 1`, then `--calls 900`: (I900 - I300) / 600 instructions per call).
+POST" --calls 300 --rounds 1 --steady`, then `--calls 900`: (I900 - I300) / 600 instructions per call).
 
 Measured, on the 1 KB POST of the load benchmark unless said otherwise:
     step 1     Checks.target (canonical target)
@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.fixtures import APP, OTHER_APP, message_body, seed  # noqa: E402
+from gateway.fixtures import APP, OTHER_APP, message_body, seed, seed_limited  # noqa: E402
 from keyscope.observe import accesslog, metrics  # noqa: E402
 from keyscope.core.errors import Refusal  # noqa: E402
 from keyscope.core.settings import Settings  # noqa: E402
@@ -110,14 +110,19 @@ async def per_call(step: Callable[[], Awaitable[object]], calls: int, rounds: in
 
 
 async def measure(
-    store_url: str, calls: int, rounds: int, cprofile: str, only: str = ""
+    store_url: str, calls: int, rounds: int, cprofile: str, only: str = "", steady: bool = False
 ) -> list[tuple[str, float | str]]:
     linked, primary = await seed(store_url)
+    limited = await seed_limited(store_url)
     post = message_body(APP)
     refused = message_body(OTHER_APP)
     logs = f"/sms/1/logs?applicationId={APP}".encode()
-    gateway = Gateway.from_settings(Settings(upstream="http://127.0.0.1:9", store=store_url))
+    gateway = Gateway.from_settings(
+        Settings(upstream="http://127.0.0.1:9", store=store_url, key_cache_ttl=3600.0 if steady else 5.0)
+    )
     await gateway.startup()
+    if steady:  # no revision read every 0.2 s: under valgrind that would be every few calls
+        gateway.checks.watcher.interval = 3600.0
     middleware_store = store_from_url(store_url)
     await middleware_store.open()
     middleware = KeyScopeMiddleware(trivial_app, store=middleware_store)
@@ -129,6 +134,7 @@ async def measure(
         get_scope = http_scope("GET", logs, linked, b"")
         primary_scope = http_scope("GET", logs, primary, b"")
         refused_scope = http_scope("POST", b"/sms/2/text/advanced", linked, refused)
+        limited_scope = http_scope("POST", b"/sms/2/text/advanced", limited, post)
 
         async def target() -> None:
             checks.target(post_scope)
@@ -166,11 +172,14 @@ async def measure(
 
         post_receive = receiver(post)
 
-        async def early_admission() -> None:
-            scope = {**post_scope, "headers": list(post_scope["headers"])}
-            gateway.early(scope, post)
-            if ADMITTED not in scope:  # stepped aside
-                await checks.admit(scope, post_receive, Admission())  # then forwarded, as the early admission is
+        def early_admission(admitted_scope: dict[str, Any]) -> Callable[[], Awaitable[None]]:
+            async def step() -> None:
+                scope = {**admitted_scope, "headers": list(admitted_scope["headers"])}
+                gateway.early(scope, post)
+                if ADMITTED not in scope:  # stepped aside
+                    await checks.admit(scope, post_receive, Admission())  # then forwarded, as the early one is
+
+            return step
 
         async def wrapped() -> None:
             await middleware(post_scope, receiver(post), discard)
@@ -191,11 +200,13 @@ async def measure(
             ("steps 2-5: Checks.admit, linked POST 1 KB", admit(post_scope, post)),
             ("steps 2-5: Checks.admit, linked GET", admit(get_scope, b"")),
             ("steps 2-5: Checks.admit, primary GET", admit(primary_scope, b"")),
+            ("steps 2-5: Checks.admit, rate-limited key's POST 1 KB, local counters", admit(limited_scope, post)),
             ("forward: identity + upstream request headers", headers),
             ("log: one access-log line", log_line),
             ("refusal: whole gateway, refused POST 1 KB (403)", refusal),
             ("refusal: Gateway.early, refused POST 1 KB (what keyscope serve runs)", early_refusal),
-            ("early: Gateway.early, admitted POST 1 KB (then only forwarded)", early_admission),
+            ("early: Gateway.early, admitted POST 1 KB (then only forwarded)", early_admission(post_scope)),
+            ("early: Gateway.early, rate-limited key's POST 1 KB, local counters", early_admission(limited_scope)),
             ("middleware: KeyScopeMiddleware + trivial app, POST", wrapped),
             ("middleware: trivial app alone, POST", bare),
         ]
@@ -217,6 +228,9 @@ def main() -> None:
     parser.add_argument("--cprofile", default="", metavar="STEP",
                         help="instead of timing, cProfile the steps whose name starts with STEP, e.g. refusal")
     parser.add_argument("--only", default="", metavar="STEP", help="time only the steps whose name starts with STEP")
+    parser.add_argument("--steady", action="store_true",
+                        help="nothing timed on the request path (the revision read, key reloads): for instruction "
+                             "counts under valgrind, which runs fifty times slower and would meet them every few calls")
     parser.add_argument("--metrics", action="store_true",
                         help="record the Prometheus metrics, as a gateway with --status-listen does (one worker)")
     args = parser.parse_args()
@@ -226,7 +240,7 @@ def main() -> None:
         metrics.enable()
     with tempfile.TemporaryDirectory() as directory:
         url = f"sqlite:///{Path(directory) / 'keyscope.db'}"
-        results = asyncio.run(measure(url, args.calls, args.rounds, args.cprofile, args.only))
+        results = asyncio.run(measure(url, args.calls, args.rounds, args.cprofile, args.only, args.steady))
     if args.cprofile:
         if not results:
             parser.error(f"no step starts with {args.cprofile!r}")
