@@ -17,8 +17,8 @@ from keyscope.control import render
 from keyscope.control.audit import announce, begin, key_details, name_links
 from keyscope.control.bodies import query, read_json
 from keyscope.control.handling import Control, reply, route, stored
-from keyscope.core.keys import display_prefix, hash_secret, new_key_id, new_secret
-from keyscope.core.models import UNSET, ApiKey, PlatformEntry
+from keyscope.core.keys import new_key_id
+from keyscope.core.models import UNSET
 from keyscope.documents import keyschema, schema
 from keyscope.documents.fields import check_name
 
@@ -40,21 +40,7 @@ async def list_keys(control: Control, request: Request) -> Response:
 async def create_key(control: Control, request: Request) -> Response:
     now = datetime.now(UTC).replace(microsecond=0)
     draft = keyschema.parse_key_create(await read_json(request), now)
-    secret = new_secret()
-    key = ApiKey(
-        id=new_key_id(),
-        name=draft.name,
-        secret_hash=hash_secret(secret),
-        prefix=display_prefix(secret),
-        allowed_ips=draft.allowed_ips,
-        valid_from=draft.valid_from,
-        valid_to=draft.valid_to,
-        enabled=draft.enabled,
-        platform=tuple(PlatformEntry("", e.application_id, e.entity_id, e.action) for e in draft.platform),
-        created_at=now,
-        rate_limits=draft.rate_limits,
-        enforce=draft.enforce,
-    )
+    key, secret = keyschema.issue(draft, new_key_id(), now)
     audit = begin(request, "key.create", "key", key.id, **key_details(key))
     name_links(audit, key)
     created = await stored(control.store.create_key(key, audit=audit))

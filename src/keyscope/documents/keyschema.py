@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from keyscope.documents.fields import (
     ValidationError,
@@ -28,7 +28,8 @@ from keyscope.documents.fields import (
     parse_datetime,
     required,
 )
-from keyscope.core.models import UNSET, ApiKey, KeyUpdate, PlatformLink
+from keyscope.core.keys import display_prefix, hash_secret, new_secret
+from keyscope.core.models import UNSET, ApiKey, KeyUpdate, PlatformEntry, PlatformLink
 from keyscope.core.ratelimits import RateLimit
 
 MAX_ALLOWED_IPS = 1000
@@ -151,3 +152,37 @@ def check_key_update(current: ApiKey, update: KeyUpdate) -> None:
         raise ValidationError(
             "platform", "this disabled key has no platform entries: send platform ([] for a primary key) to enable it"
         )
+
+
+class KeyFields(Protocol):
+    """What a new key is made from: a parsed create body (`KeyDraft`) or a state file's key."""
+
+    name: str | None
+    allowed_ips: tuple[str, ...]
+    valid_from: datetime
+    valid_to: datetime
+    enabled: bool
+    platform: tuple[PlatformLink, ...]
+    rate_limits: tuple[RateLimit, ...]
+    enforce: bool
+
+
+def issue(fields: KeyFields, key_id: str, now: datetime) -> tuple[ApiKey, str]:
+    """A new key with these fields and a fresh secret: the key to store, and the secret, shown once and kept
+    nowhere (the store gets its hash and display prefix)."""
+    secret = new_secret()
+    key = ApiKey(
+        id=key_id,
+        name=fields.name,
+        secret_hash=hash_secret(secret),
+        prefix=display_prefix(secret),
+        allowed_ips=fields.allowed_ips,
+        valid_from=fields.valid_from,
+        valid_to=fields.valid_to,
+        enabled=fields.enabled,
+        platform=tuple(PlatformEntry("", link.application_id, link.entity_id, link.action) for link in fields.platform),
+        created_at=now,
+        rate_limits=fields.rate_limits,
+        enforce=fields.enforce,
+    )
+    return key, secret

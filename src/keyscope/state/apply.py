@@ -18,8 +18,8 @@ from datetime import datetime
 from typing import Any
 
 from keyscope.core import ratelimits
-from keyscope.core.keys import display_prefix, hash_secret, new_secret
-from keyscope.core.models import ApiKey, Application, Association, Entity, KeyUpdate, PlatformEntry
+from keyscope.core.models import Application, Association, Entity, KeyUpdate
+from keyscope.documents import keyschema
 from keyscope.state.document import KeySpec, association_doc, key_doc, link_doc
 from keyscope.state.plan import Change, Plan
 from keyscope.store.audit import Audit, object_name
@@ -100,22 +100,8 @@ def _api_association(association: Association) -> dict[str, Any]:
 
 
 async def _create_key(tx: Store, spec: KeySpec, now: datetime, audit: Any, applied: Applied) -> None:
-    secret = new_secret()
     assert spec.valid_from is not None and spec.valid_to is not None  # the plan resolved them
-    key = ApiKey(
-        id=spec.id,
-        name=spec.name,
-        secret_hash=hash_secret(secret),
-        prefix=display_prefix(secret),
-        allowed_ips=spec.allowed_ips,
-        valid_from=spec.valid_from,
-        valid_to=spec.valid_to,
-        enabled=spec.enabled,
-        platform=tuple(PlatformEntry("", link.application_id, link.entity_id, link.action) for link in spec.platform),
-        created_at=now,
-        rate_limits=spec.rate_limits,
-        enforce=spec.enforce,
-    )
+    key, secret = keyschema.issue(spec, spec.id, now)  # type: ignore[arg-type]
     details = {name: value for name, value in key_doc(spec).items() if name != "id"}
     record: Audit = audit("key.create", "key", spec.id, **details)
     _name_links(record, spec)
