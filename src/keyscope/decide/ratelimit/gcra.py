@@ -58,8 +58,7 @@ def conform(tats: Sequence[int], rules: Sequence[Rule], now: int) -> tuple[bool,
     """One request at `now` against several limits: admitted only if every limit lets it through, and then it
     counts against every one. Returns (admitted, each limit's gap after it: its TAT minus `now`, never below
     0); a refusal changes no TAT. A TAT of 0 is a limit never used. The gaps are what the Redis script answers
-    too, and what `verdict()` reads. (`rules` and `tats` have one item per limit: zip without `strict`, as
-    `Plan` makes them so.)"""
+    too, and what `verdict()` reads."""
     gaps = []
     admitted = True
     for tat, rule in zip(tats, rules):
@@ -93,7 +92,7 @@ class Verdict(NamedTuple):
         headers = [
             (b"ratelimit-limit", b"%d" % self.limit),
             (b"ratelimit-remaining", b"%d" % self.remaining),
-            (b"ratelimit-reset", b"%d" % -(-self.reset // MICROS)),  # seconds(), inline: on every answer
+            (b"ratelimit-reset", b"%d" % -(-self.reset // MICROS)),
         ]
         if not self.admitted:
             headers.append((b"retry-after", b"%d" % max(seconds(self.retry_after), 1)))
@@ -120,4 +119,4 @@ def verdict(admitted: bool, gaps: Sequence[int], rules: Sequence[Rule]) -> Verdi
     return _new_verdict(Verdict, (admitted, nearest.requests, least, ahead, wait))
 
 
-_new_verdict = tuple.__new__  # Verdict's own __new__ is Python code taking the fields one by one
+_new_verdict = tuple.__new__
