@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -55,6 +56,19 @@ def _rollback_quietly(conn: sqlite3.Connection) -> None:
     with contextlib.suppress(sqlite3.Error):
         if conn.in_transaction:
             conn.execute("ROLLBACK")
+
+
+def _journal_wal(conn: sqlite3.Connection, timeout: float) -> str:
+    """`PRAGMA journal_mode = WAL`, waiting as busy_timeout would: while another process is converting a fresh
+    file, SQLite answers `database is locked` at once, without calling its busy handler."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 class StoreMissing(StoreUnavailable):
@@ -126,7 +140,7 @@ class SQLiteStore(SQLStore):
             try:
                 conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
                 conn.execute("PRAGMA foreign_keys = ON")
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
+                mode = _journal_wal(conn, self._busy_ms / 1000)
                 if str(mode).lower() != "wal":
                     raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: WAL mode refused ({mode})")
                 conn.execute("PRAGMA synchronous = NORMAL")
