@@ -54,25 +54,6 @@ class Rule:
         return max((self.capacity - ahead) // self.interval, 0)
 
 
-def conform(tats: Sequence[int], rules: Sequence[Rule], now: int) -> tuple[bool, list[int]]:
-    """One request at `now` against several limits: admitted only if every limit lets it through, and then it
-    counts against every one. Returns (admitted, each limit's gap after it: its TAT minus `now`, never below
-    0); a refusal changes no TAT. A TAT of 0 is a limit never used. The gaps are what the Redis script answers
-    too, and what `verdict()` reads."""
-    gaps = []
-    admitted = True
-    for tat, rule in zip(tats, rules):
-        gap = tat - now
-        if gap < 0:
-            gap = 0
-        elif gap > rule.tolerance:
-            admitted = False
-        gaps.append(gap)
-    if not admitted:
-        return False, gaps
-    return True, [gap + rule.interval for gap, rule in zip(gaps, rules)]
-
-
 class Verdict(NamedTuple):
     """What the counters said about one request: whether it passes, and for the headers, the limit nearest to
     refusing (the fewest tokens left; at a tie the one full again last) and, when refused, how long until the
@@ -103,20 +84,37 @@ def seconds(micros: int) -> int:
     return -(-micros // MICROS)
 
 
-def verdict(admitted: bool, gaps: Sequence[int], rules: Sequence[Rule]) -> Verdict:
-    """The Verdict of `conform()`'s answer, or the Redis script's (each limit's TAT minus the time)."""
+def decide(tats: Sequence[int], rules: Sequence[Rule], now: int) -> tuple[Verdict, list[int] | None]:
+    """One request at `now` against several limits (`tats`: each one's TAT before it; 0, a limit never used).
+
+    Admitted only if every limit lets it through, and then it counts against every one: returns the Verdict
+    and each limit's TAT after the request; refused: the Verdict and None (a refusal changes no TAT). Local
+    counters store what it returns; the Redis script decides the same way on Redis's side, in Lua, and answers
+    the gaps before the request (each TAT minus the time), which this reads back with `now` 0."""
+    admitted = True
+    for tat, rule in zip(tats, rules):
+        if tat - now > rule.tolerance:
+            admitted = False
+            break
+    after: list[int] | None = [] if admitted else None
     nearest: Rule | None = None
     least = ahead = wait = 0
-    for gap, rule in zip(gaps, rules):
-        if not admitted and gap > rule.tolerance and gap - rule.tolerance > wait:
+    for tat, rule in zip(tats, rules):
+        gap = tat - now
+        if gap < 0:
+            gap = 0
+        if after is not None:
+            gap += rule.interval
+            after.append(now + gap)
+        elif gap > rule.tolerance and gap - rule.tolerance > wait:
             wait = gap - rule.tolerance
-        left = (rule.capacity - gap) // rule.interval  # Rule.remaining(), inline: on every request
+        left = (rule.capacity - gap) // rule.interval  # Rule.remaining()
         if left < 0:
             left = 0
         if nearest is None or left < least or (left == least and gap > ahead):
             nearest, least, ahead = rule, left, gap
     assert nearest is not None
-    return _new_verdict(Verdict, (admitted, nearest.requests, least, ahead, wait))
+    return _new_verdict(Verdict, (admitted, nearest.requests, least, ahead, wait)), after
 
 
 _new_verdict = tuple.__new__

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 
 from keyscope.core.ttlcache import Clock
-from keyscope.decide.ratelimit.gcra import MICROS, Rule, Verdict, conform, verdict
+from keyscope.decide.ratelimit.gcra import MICROS, Rule, Verdict, decide
 
 SWEEP_FROM = 4096
 
@@ -35,13 +35,13 @@ class LocalCounters:
             now = round(self.clock() * MICROS)
         tats = self._tats
         get = tats.get
-        admitted, gaps = conform([get(name, 0) for name in names], rules, now)
-        if admitted:
-            for name, gap in zip(names, gaps):
-                tats[name] = now + gap
+        verdict, after = decide([get(name, 0) for name in names], rules, now)
+        if after is not None:
+            for name, tat in zip(names, after):
+                tats[name] = tat
             if len(tats) >= self._sweep_at:
                 self._sweep(now)
-        return verdict(admitted, gaps, rules)
+        return verdict
 
     def undo(self, names: Sequence[str], rules: Sequence[Rule]) -> None:
         """Take back the request counted last against these limits, nothing having been counted since (the
