@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from keyscope.core import keys
+from keyscope.core.ratelimits import RateLimit
 from keyscope.core.models import (
     DEFAULT_APPLICATION,
     ApiKey,
@@ -576,6 +577,20 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+async def test_a_key_read_by_id_or_by_its_secret_carries_its_applications_limits(store: Store) -> None:
+    limits = (RateLimit(10, "minute"), RateLimit(1000, "day"))
+    await store.create_application(Application("shop", None, limits))
+    await store.create_application(Application("free", None))
+    await store.create_entity(Entity("acme", None))
+    key, secret = new_key(("shop", None), ("free", "acme"), (None, "acme"))
+    await store.create_key(key)
+    by_id = await store.get_key(key.id)
+    by_secret = await store.find_key_by_hash(keys.hash_secret(secret))
+    assert by_secret is not None
+    assert by_id.application_limits == by_secret.application_limits == (("shop", limits),)
+    assert links(by_id) == [("shop", None), ("free", "acme"), (None, "acme")]
 
 
 def test_processes_opening_a_fresh_file_at_once_migrate_once(tmp_path: Path) -> None:

@@ -152,6 +152,18 @@ async def test_chosen_key_skips_the_secret_but_not_the_key_state(
 
 
 @pytest.mark.anyio
+async def test_a_key_chosen_by_id_shows_its_applications_limits(store: Store, gateway: Gateway) -> None:
+    made = gateway.admin("POST", "/provisioning/1/applications",
+                         {"applicationId": "metered", "rateLimits": [{"requests": 7, "per": "minute"}]})
+    assert made.status_code == 201, made.text
+    key = gateway.create_key("metered-key", {"applicationId": "metered"})
+    by_id = await explain(store, ENDPOINTS, "GET", "/sms/1/logs?applicationId=metered", key_id=key.id)
+    by_secret = await explain(store, ENDPOINTS, "GET", "/sms/1/logs?applicationId=metered", secret=key.secret)
+    assert by_id.steps[1].details["rateLimits of metered"] == "7/minute"
+    assert by_secret.steps[1].details["rateLimits of metered"] == "7/minute"
+
+
+@pytest.mark.anyio
 async def test_allowed_ips_need_the_callers_address(store: Store, gateway: Gateway) -> None:
     key = gateway.create_key("office", {"applicationId": "app-a"}, allowedIPs=["10.1.0.0/16"])
     target = "/sms/1/logs?applicationId=app-a"

@@ -158,7 +158,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_key(self, key_id: str) -> ApiKey:
-        """Raises NotFound."""
+        """Raises NotFound. Like `find_key_by_hash`, the key carries the rate limits of the applications its
+        entries name (`application_limits`)."""
 
     @abc.abstractmethod
     async def find_key_by_hash(self, secret_hash: bytes) -> ApiKey | None:

@@ -107,12 +107,15 @@ _KEYS_WHERE = (
     f"SELECT {_KEY_COLUMNS} FROM api_keys k LEFT JOIN key_entries e ON e.key_id = k.id"
     " WHERE {where} ORDER BY k.id, e.position"
 )
-# the gateway's lookup also reads the limits of the applications the entries name, in the same round trip
-_FIND_BY_HASH = (
+# one key with the limits of the applications its entries name, in the same round trip: what the gateway
+# looks up, and what `get_key` answers (so that `explain` by key id sees the limits the gateway would count)
+_KEY_WITH_LIMITS = (
     f"SELECT {_KEY_COLUMNS}, a.rate_limits FROM api_keys k LEFT JOIN key_entries e ON e.key_id = k.id"
     " LEFT JOIN applications a ON a.application_id = e.application_id"
-    " WHERE k.secret_hash = ? ORDER BY k.id, e.position"
+    " WHERE {where} ORDER BY k.id, e.position"
 )
+_FIND_BY_HASH = _KEY_WITH_LIMITS.format(where="k.secret_hash = ?")
+_GET_KEY = _KEY_WITH_LIMITS.format(where="k.id = ?")
 _ASSOCIATION_COLUMNS = "resource_type, channel, application_id, entity_id, resource_id"
 
 
@@ -587,7 +590,7 @@ class SQLStore(Store):
             raise Conflict("apiKey", key.id) from None
 
     async def get_key(self, key_id: str) -> ApiKey:
-        keys = _keys_from_rows(await self._all(_KEYS_WHERE.format(where="k.id = ?"), (key_id,)))
+        keys = _keys_from_rows(await self._all(_GET_KEY, (key_id,)))
         if not keys:
             raise NotFound("apiKey", key_id)
         return keys[0]
