@@ -152,6 +152,8 @@ def test_the_audit_endpoint_answers_on_the_gateway_port(served: Gateway) -> None
     as_key = gateway.client.get("/keyscope/1/audit", headers={"Authorization": f"App {primary.secret}"})
     assert as_key.status_code == 403
     assert gateway.client.get("/keyscope/1/audit").status_code == 401
+    for path in ("/keyscope/1/events", "/keyscope/1/state"):  # keyscope's own API, every part of it
+        assert gateway.client.get(path, headers={"Authorization": f"App {primary.secret}"}).status_code == 403
 
 
 def test_log_level_warning_keeps_the_audit_lines(tmp_path: Path) -> None:

@@ -94,7 +94,7 @@ class AdminApp:
         keys_path = lowered.startswith("/settings/")  # in any case: a gateway may route /SETTINGS/ here too
         family: Family = "api-error" if keys_path else "legacy"
         try:
-            principal = await self._check_caller(scope, keys=keys_path, audit=lowered.startswith(_audit.PREFIX))
+            principal = await self._check_caller(scope, keys=keys_path, own=lowered.startswith(_audit.PREFIX))
             await self.router(_routed(scope, principal), receive, send)
         except ClientDisconnect:
             return
@@ -106,7 +106,7 @@ class AdminApp:
             log.warning("store unavailable during %s %s", scope["method"], path)
             await Answer(503, body(503, family))(scope, receive, send)
 
-    async def _check_caller(self, scope: Scope, *, keys: bool, audit: bool = False) -> str:
+    async def _check_caller(self, scope: Scope, *, keys: bool, own: bool = False) -> str:
         """The principal, as the audit trail names it: `admin` for the admin token (or whom an in-process
         caller with it names, `audit.principal_for_admin`), the key's id for a primary key."""
         scheme, credentials = split_credentials(authorization_header(scope))
@@ -117,8 +117,9 @@ class AdminApp:
         key = await self.control.authenticator.authenticate(scope)
         if keys:
             raise Refusal(403, reason="key_management_needs_admin", step="auth", detail="API keys cannot manage keys")
-        if audit:
-            raise Refusal(403, reason="audit_needs_admin", step="auth", detail="API keys cannot read the audit trail")
+        if own:  # /keyscope/...: the audit trail, the state of the store, the deletion events
+            raise Refusal(403, reason="keyscope_api_needs_admin", step="auth",
+                          detail="keyscope's own API (/keyscope/) takes the admin token, never an API key")
         if not key.is_primary:
             raise Refusal(403, reason="linked_key", step="auth", detail="linked keys cannot call management APIs")
         return key.id
