@@ -5,9 +5,11 @@ one receiver's delivery loop against a real HTTP receiver, with an injected cloc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from events_receiver import SECRET, Receiver
@@ -206,6 +208,45 @@ async def test_a_loop_retries_with_back_off_then_delivers_in_order(store: Store)
         row = await deliveries.target(store, receiver.url)  # type: ignore[arg-type]
         assert row is not None and (row.done_seq, row.delivered, row.attempts) == (7, 7, 0)
     finally:
+        await loop.release()
+        sender.close()
+        receiver.stop()
+
+
+async def test_an_unexpected_error_does_not_end_delivery(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in one round is logged with its traceback, and the loop goes on: the receiver still gets it all."""
+    await world(store)
+    await store.delete_application("shop")
+    receiver = Receiver(free_port(), mode="ok").start()
+    sender = Sender(receiver.url, timeout=5.0)
+    post = sender.post
+    calls: list[bytes] = []
+
+    async def broken_once(body: bytes, headers: Any) -> Any:
+        calls.append(body)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the sender")
+        return await post(body, headers)
+
+    sender.post = broken_once  # type: ignore[method-assign]
+    loop = TargetLoop(store, sender, SECRET, "me", Timing(lease=3.0), clock=lambda: T0)  # type: ignore[arg-type]
+
+    async def at_once(seconds: float) -> None:
+        await asyncio.sleep(0)
+
+    loop._sleep = at_once  # type: ignore[method-assign]
+    task = asyncio.create_task(loop.run())
+    try:
+        for _ in range(500):
+            if len(receiver.received) >= 7:
+                break
+            await asyncio.sleep(0.01)
+        assert [doc["seq"] for doc in receiver.docs()] == [1, 2, 3, 4, 5, 6, 7]
+        assert "failed unexpectedly" in caplog.text and "a bug in the sender" in caplog.text
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         await loop.release()
         sender.close()
         receiver.stop()

@@ -101,6 +101,10 @@ class TargetLoop:
                     self._store_down = True
                     log.warning("events: store unavailable, delivery to %s paused: %s", shown(self.url), exc)
                 await self._sleep(self.timing.poll)
+            except Exception:  # a bug must not end delivery for good: said loudly, then tried again
+                self.holding = False
+                log.exception("events: delivery to %s failed unexpectedly; trying again", shown(self.url))
+                await self._sleep(self.timing.poll)
 
     async def step(self) -> None:
         """One round: make sure of the lease, then send what is pending (or wait a poll when nothing is)."""
