@@ -20,7 +20,7 @@ from keyscope.decide.auth import KeyAuthenticator
 from keyscope.decide.management import is_management
 from keyscope.observe.accesslog import JsonFormatter
 from keyscope.store import Store
-from keyscope.store import sql as sql_store
+from keyscope.store import sqlbase
 from keyscope.store.audit import AuditRecord
 
 pytestmark = pytest.mark.anyio
@@ -300,7 +300,7 @@ def test_the_gateway_routes_the_audit_path_to_the_admin_app() -> None:
 
 
 async def test_the_store_keeps_the_last_records_only(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sql_store, "AUDIT_KEEP", 3)
+    monkeypatch.setattr(sqlbase, "AUDIT_KEEP", 3)
     for n in range(5):
         assert (await env.client.post(APPS, json={"applicationId": f"app{n}"})).status_code == 201
     kept = await env.records()

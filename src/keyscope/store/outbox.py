@@ -59,7 +59,7 @@ N - KEEP that every receiver has acknowledged. The audit trail is the long histo
 
 
 class Writes(Protocol):
-    """The part of a store transaction (`sql.Transaction`) the outbox writes with."""
+    """The part of a store transaction (`sqlbase.Transaction`) the outbox writes with."""
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int: ...
 
@@ -69,7 +69,7 @@ class Writes(Protocol):
 
 
 def stored_time(moment: datetime) -> str:
-    """The store's one form of a time (`sql.to_text`'s: ISO 8601 UTC, microseconds, `+00:00`)."""
+    """The store's one form of a time (`sqlbase.to_text`'s: ISO 8601 UTC, microseconds, `+00:00`)."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
