@@ -683,3 +683,22 @@ async def test_concurrent_creation_of_one_id(env: Env, path: str, doc: dict[str,
                     posts.start_soon(post)
         server.should_exit = True
     assert sorted(statuses) == [201] + [409] * 15
+
+
+async def test_a_new_name_and_new_limits_are_written_together_or_not_at_all(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keyscope.store.base import StoreUnavailable
+    from keyscope.store.named import NamedObjects
+
+    await env.client.post(APPS, json={"applicationId": "shop", "applicationName": "Shop"})
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("the store went away between the two writes")
+
+    monkeypatch.setattr(NamedObjects, "set_application_rate_limits", broken)
+    failed = await env.client.put(f"{APPS}/shop", json={"applicationName": "Shop EU",
+                                                         "rateLimits": [{"requests": 5, "per": "second"}]})
+    assert failed.status_code == 503
+    monkeypatch.undo()
+    assert (await env.client.get(f"{APPS}/shop")).json() == {"applicationId": "shop", "applicationName": "Shop"}

@@ -7,6 +7,8 @@ limits); the other writes change no key and only tell the gateway its id caches 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -15,8 +17,10 @@ from keyscope.control import render
 from keyscope.control.audit import announce, begin
 from keyscope.control.bodies import query, read_json
 from keyscope.control.handling import Control, reply, route, stored
-from keyscope.core.ratelimits import to_doc
+from keyscope.core.ratelimits import RateLimit, to_doc
 from keyscope.documents import schema
+from keyscope.store.audit import Audit
+from keyscope.store.base import Store
 
 PATH = "/provisioning/1/applications"
 DEFAULT_SIZE = 20
@@ -52,12 +56,20 @@ async def rename_application(control: Control, request: Request) -> Response:
     limits = schema.parse_application_limits(doc)  # None: left out, kept as they are
     more = {} if limits is None else {"rateLimits": to_doc(limits)}
     audit = begin(request, "application.update", "application", application_id, applicationName=name, **more)
-    await stored(control.store.rename_application(application_id, name, audit=audit))
-    if limits is not None:
-        await stored(control.store.set_application_rate_limits(application_id, limits))
+    await stored(_update(control.store, application_id, name, limits, audit))
     announce(audit)
     await control.changed(keys=limits is not None)
     return reply(204)
+
+
+async def _update(
+    store: Store, application_id: str, name: str | None, limits: Sequence[RateLimit] | None, audit: Audit
+) -> None:
+    """The name and the limits in one transaction: both change, or neither."""
+    async with store.transaction() as tx:
+        await tx.rename_application(application_id, name, audit=audit)
+        if limits is not None:
+            await tx.set_application_rate_limits(application_id, limits)
 
 
 async def delete_application(control: Control, request: Request) -> Response:
