@@ -125,6 +125,55 @@ def test_the_redis_script_agrees_with_the_model(timeline: tuple[list[RateLimit],
     asyncio.run(run())
 
 
+def test_concurrent_requests_share_one_connection_and_the_limit_holds() -> None:
+    """Many requests at once on one worker: one exchange at a time on its connection, every answer to its own
+    request, and exactly the limit admitted."""
+    url = redis_or_skip()
+    names = [f"keyscope:rl:test:{uuid.uuid4()}:3600"]
+    rules = [Rule.of(RateLimit(100, "hour"))]
+
+    async def run() -> list[bool]:
+        counters = RedisCounters(url)
+        try:
+            verdicts = await asyncio.gather(*(counters.check(names, rules) for _ in range(300)))
+        finally:
+            await counters.close()
+        return [verdict.admitted for verdict in verdicts]
+
+    admitted = asyncio.run(run())
+    assert admitted.count(True) == 100 and len(admitted) == 300
+
+
+def test_the_connection_selects_its_database_and_returns_error_answers_in_place() -> None:
+    from urllib.parse import urlsplit
+
+    from keyscope.decide.ratelimit.resp import Address, RedisError, RespConnection
+
+    base = urlsplit(redis_or_skip())
+    key = f"keyscope:test:{uuid.uuid4()}".encode()
+
+    async def run() -> None:
+        in_13 = RespConnection(f"redis://{base.netloc}/13", 1.0)
+        in_14 = RespConnection(f"redis://{base.netloc}/14", 1.0)
+        try:
+            answers = await in_13.call([(b"SET", key, b"text"), (b"INCR", key), (b"GET", key)])
+            assert answers[0] == b"OK" and answers[2] == b"text"  # the answers after an error still come
+            assert isinstance(answers[1], RedisError) and "not an integer" in str(answers[1])
+            assert await in_14.call([(b"GET", key)]) == [None]  # another database
+            assert await in_13.call([(b"DEL", key)]) == [1]
+        finally:
+            in_13.close()
+            in_14.close()
+
+    asyncio.run(run())
+    assert Address.parse("rediss://ops:s%40cret@redis.internal:6380/2") == Address(
+        "redis.internal", 6380, 2, "ops", "s@cret", True)
+    assert Address.parse("redis://:pw@127.0.0.1") == Address("127.0.0.1", 6379, 0, None, "pw", False)
+    for bad in ("http://127.0.0.1:6379", "redis://127.0.0.1/zero", "redis:///0"):
+        with pytest.raises(ValueError):
+            Address.parse(bad)
+
+
 def test_redis_unavailable_then_left_alone() -> None:
     async def run() -> None:
         counters = RedisCounters("redis://127.0.0.1:1/0", retry_after=60)

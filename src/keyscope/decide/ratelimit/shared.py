@@ -4,16 +4,16 @@ One round trip per request at most: a Lua script (run by EVALSHA, which Redis ru
 of each limit the request counts against, decides by GCRA (`gcra`) and, when every limit lets it through,
 writes the new TATs with an expiry at the moment their bucket is full again. The time is Redis's own (TIME), so
 instances whose clocks differ still count on one clock; tests pass a time instead. The requests of one
-event-loop step that ask at once go in one pipeline (one write, one read): each script still runs alone and
-atomically, and under load a worker makes far fewer system calls than requests.
+event-loop step that ask at once go in one pipeline (one write, one read), on the worker's one connection
+(`resp`), one exchange at a time: requests asking while one is out leave together when it is back. Each script
+still runs alone and atomically, and under load a worker makes far fewer system calls than requests.
 
 One Redis (a primary, with replicas if you like): a request's keys live in several hash slots, which Redis
 Cluster would refuse in one script. Keys are `keyscope:rl:<subject>:<period seconds>`.
 
 When Redis does not answer within `TIMEOUT`, `check()` raises `Unavailable` and the procedure follows
 `--rate-limit-on-error`; for `RETRY_AFTER` seconds after a failure Redis is not asked at all (`available()`),
-so an outage costs no timeout per request, and the first request after that asks again (the client reconnects
-by itself). The start and the end of an outage are one warning each on stderr.
+so an outage costs no timeout per request, and the first request after that asks again (on a new connection). The start and the end of an outage are one warning each on stderr.
 """
 
 from __future__ import annotations
@@ -26,12 +26,8 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError
-
 from keyscope.decide.ratelimit.gcra import Rule, Verdict, decide
+from keyscope.decide.ratelimit.resp import NoScript, RespConnection
 
 logger = logging.getLogger("keyscope.ratelimit")
 
@@ -91,21 +87,12 @@ class RedisCounters:
         self.timeout = timeout
         self.retry_after = retry_after
         self.policy = "allow"  # what `--rate-limit-on-error` says, for the warning
-        self._client: Any = None
+        self._connection = RespConnection(url, timeout)
         self._tasks: set[asyncio.Task[None]] = set()
         self._batch: list[tuple[tuple[bytes, ...], asyncio.Future[Any]]] = []
         self._packed: dict[tuple[str, ...], tuple[tuple[bytes, ...], tuple[bytes, ...]]] = {}
         self._down_until = 0.0
         self._down = False
-
-    def _connect(self) -> None:
-        # No socket_timeout: redis-py would run each send under asyncio.wait_for, a task per request; one
-        # asyncio.timeout() around each exchange (`_exchange()`) bounds it instead, and a cancelled exchange
-        # disconnects its connection (redis-py drops a connection on any exception mid-command).
-        self._client = aioredis.Redis.from_url(
-            self.url, socket_timeout=None, socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
 
     def available(self) -> bool:
         """False for `retry_after` seconds after Redis failed: then the procedure does not ask it."""
@@ -113,11 +100,9 @@ class RedisCounters:
 
     async def check(self, names: Sequence[str], rules: Sequence[Rule], now: int | None = None) -> Verdict:
         """Count one request against these limits in Redis; Unavailable if Redis does not answer."""
-        if self._client is None:
-            self._connect()
         key = tuple(names)
         packed = self._packed.get(key)
-        if packed is None:  # the command's words as bytes, made once per set of limits (redis-py passes bytes on)
+        if packed is None:  # the command's words as bytes, made once per set of limits
             if len(self._packed) >= 4096:
                 self._packed.clear()
             packed = self._packed[key] = (
@@ -144,10 +129,18 @@ class RedisCounters:
         return verdict
 
     def _send(self) -> None:
-        batch, self._batch = self._batch, []
-        task = asyncio.get_running_loop().create_task(self._exchange(batch))
+        """One exchange at a time on the one connection: while one is out, the requests asking meanwhile wait
+        for it and then leave together (`_drain()`), so a busy worker sends bigger batches, not more of them."""
+        if self._tasks:  # the exchange out now takes this batch when it is back
+            return
+        task = asyncio.get_running_loop().create_task(self._drain())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self) -> None:
+        while self._batch:
+            batch, self._batch = self._batch, []
+            await self._exchange(batch)
 
     async def _exchange(self, batch: list[tuple[tuple[bytes, ...], asyncio.Future[Any]]]) -> None:
         """The batch's scripts in one pipeline, each answer (or error) to its request."""
@@ -164,24 +157,12 @@ class RedisCounters:
                     answered.set_result(answer)
 
     async def _run(self, commands: list[tuple[bytes, ...]]) -> list[Any]:
-        client = self._client
-        if len(commands) == 1:
-            try:
-                return [await client.execute_command(*commands[0])]
-            except NoScriptError:  # a Redis that has not seen the script yet (or flushed its scripts)
-                await client.script_load(SCRIPT)
-                return [await client.execute_command(*commands[0])]
-        answers = await self._pipeline(commands)
-        if any(isinstance(answer, NoScriptError) for answer in answers):
-            await client.script_load(SCRIPT)
-            answers = await self._pipeline(commands)
+        connection = self._connection
+        answers = await connection.call(commands)
+        if any(isinstance(answer, NoScript) for answer in answers):  # a Redis new to the script (or flushed)
+            await connection.call([(b"SCRIPT", b"LOAD", SCRIPT.encode())])
+            answers = await connection.call(commands)
         return answers
-
-    async def _pipeline(self, commands: list[tuple[bytes, ...]]) -> list[Any]:
-        pipe = self._client.pipeline(transaction=False)
-        for args in commands:
-            pipe.execute_command(*args)
-        return await pipe.execute(raise_on_error=False)
 
     def _failed(self, exc: Exception) -> None:
         self._down_until = time.monotonic() + self.retry_after
@@ -193,9 +174,4 @@ class RedisCounters:
             )
 
     async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            try:
-                await client.aclose()
-            except Exception:  # closing a connection to a Redis that went away
-                pass
+        self._connection.close()
