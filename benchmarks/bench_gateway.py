@@ -237,6 +237,7 @@ class Bench:
              request: Request) -> dict[str, Any]:
         served_before, connections_before = verify.settle(backend.port)
         server_before = server.cpu_ticks() if server is not None else {}
+        server_user_before = server.user_ticks() if server is not None else {}
         backend_before = backend.cpu_ticks()
         busy_before = procs.system_busy_ticks()
         self_before = os.times()
@@ -249,6 +250,9 @@ class Bench:
         self_times = os.times()
         by_process = procs.ticks_used(server_before, server.cpu_ticks()) if server is not None else {}
         server_ticks = sum(by_process.values()) if server is not None else None
+        server_user_ticks = (
+            sum(procs.ticks_used(server_user_before, server.user_ticks()).values()) if server is not None else None
+        )
         backend_ticks = sum(procs.ticks_used(backend_before, backend.cpu_ticks()).values())
         served_after, connections_after = verify.settle(backend.port)
         requests = int(outcome["requests"])
@@ -261,6 +265,7 @@ class Bench:
             "rps": requests / seconds if seconds else 0.0,
             "server_cpu_us_per_req": _per_request(server_ticks, requests),
             "server_cpu_us_per_req_by_process": {str(pid): _per_request(t, requests) for pid, t in by_process.items()},
+            "server_user_cpu_us_per_req": _per_request(server_user_ticks, requests),  # without the kernel's share
             "backend_cpu_us_per_req": _per_request(backend_ticks, requests),
             "backend_reached": served_after - served_before,
             "backend_new_connections": connections_after - connections_before,
