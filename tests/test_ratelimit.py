@@ -147,7 +147,8 @@ def test_concurrent_requests_share_one_connection_and_the_limit_holds() -> None:
 def test_the_connection_selects_its_database_and_returns_error_answers_in_place() -> None:
     from urllib.parse import urlsplit
 
-    from keyscope.decide.ratelimit.resp import Address, RedisError, RespConnection
+    from keyscope.core.redisurl import RedisAddress as Address
+    from keyscope.decide.ratelimit.resp import RedisError, RespConnection
 
     base = urlsplit(redis_or_skip())
     key = f"keyscope:test:{uuid.uuid4()}".encode()

@@ -70,6 +70,10 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
         ({"upstream": UPSTREAM, "admin_listen": "nowhere"}, {"KEYSCOPE_ADMIN_TOKEN": "t"}, None, "HOST:PORT"),
         ({"upstream": UPSTREAM, "admin_listen": "8080"}, {"KEYSCOPE_ADMIN_TOKEN": "t"}, None, "traffic port"),
         ({"upstream": UPSTREAM}, {"KEYSCOPE_ADMIN_IDLE_TIMEOUT": "-1"}, None, "admin-idle-timeout"),
+        ({"upstream": UPSTREAM, "rate_limit_store": "http://127.0.0.1:6379"}, {}, None, "expected redis://"),
+        ({"upstream": UPSTREAM, "rate_limit_store": "redis://127.0.0.1:99999"}, {}, None, "the port is not"),
+        ({"upstream": UPSTREAM, "rate_limit_store": "redis://127.0.0.1/zero"}, {}, None, "database must be a number"),
+        ({"upstream": UPSTREAM}, {"KEYSCOPE_RATE_LIMIT_STORE": "redis:///0"}, None, "rate-limit-store"),
     ],
 )
 def test_bad_settings_are_one_clear_error(

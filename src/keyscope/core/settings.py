@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from keyscope.core.limits import DEFAULT as DEFAULT_LIMITS
 from keyscope.core.limits import Limits
+from keyscope.core.redisurl import RedisAddress
 from keyscope.core.settings_option import (
     ConfigError,
     at_least_one,
@@ -84,13 +85,9 @@ def rate_limit_store(name: str, value: str) -> str:
     if text.lower() == "local":
         return "local"
     try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 (a bad port raises here)
-    except ValueError:
-        raise ConfigError(f"{name} {value!r} is not a valid URL") from None
-    database = parts.path.lstrip("/")
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname or (database and not database.isdigit()):
-        raise ConfigError(f"{name} must be local or redis://HOST:PORT/DB, not {value!r}")
+        RedisAddress.parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be local or redis://HOST:PORT/DB: {exc}") from None
     return text
 
 

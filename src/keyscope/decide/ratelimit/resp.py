@@ -9,7 +9,7 @@ limiter needs and nothing else: one connection, commands packed by `hiredis.pack
 
 A connection that fails, or whose exchange is cancelled midway (the caller's timeout), is closed and never
 reused, since answers still in flight would then be read as the next batch's; the next call connects again.
-URLs: `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`, and `rediss://` for TLS with the system's CAs.
+URLs as `keyscope.core.redisurl` reads them; `rediss://` is TLS with the system's CAs.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import hiredis
+
+from keyscope.core.redisurl import RedisAddress
 
 READ_SIZE = 65536
 
@@ -34,33 +34,6 @@ class NoScript(RedisError):
     """Redis does not hold the script (`NOSCRIPT`): load it and send the command again."""
 
 
-@dataclass(frozen=True, slots=True)
-class Address:
-    host: str
-    port: int
-    db: int
-    username: str | None
-    password: str | None
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> Address:
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            raise ValueError(f"{url!r}: expected redis://HOST[:PORT][/DB] or rediss://...")
-        path = parts.path.strip("/")
-        if path and not path.isdigit():
-            raise ValueError(f"{url!r}: the database must be a number")
-        return cls(
-            host=parts.hostname,
-            port=parts.port or 6379,
-            db=int(path) if path else 0,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password is not None else None,
-            tls=parts.scheme == "rediss",
-        )
-
-
 def _error(reply: hiredis.ReplyError) -> RedisError:
     text = str(reply)
     return NoScript(text) if text.startswith("NOSCRIPT") else RedisError(text)
@@ -68,7 +41,7 @@ def _error(reply: hiredis.ReplyError) -> RedisError:
 
 class RespConnection:
     def __init__(self, url: str, connect_timeout: float) -> None:
-        self.address = Address.parse(url)
+        self.address = RedisAddress.parse(url)
         self.connect_timeout = connect_timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -131,4 +104,4 @@ class RespConnection:
             writer.close()
 
 
-__all__ = ["Address", "NoScript", "RedisError", "RespConnection"]
+__all__ = ["NoScript", "RedisError", "RespConnection"]
