@@ -220,6 +220,14 @@ async def test_every_problem_is_reported_at_once_and_nothing_is_written(store: S
         "keys[2].platform: is required ([] for a primary key)",
         "keys[3].validTo: must be after validFrom",  # against the stored validFrom, which the file leaves as is
     ]
+    with pytest.raises(StateInvalid) as raised:  # an unknown section is one more problem, not the only one
+        await sync(store, {**doc_of(entities=[{"entityId": "e"}, {"entityId": "e"}]), "colour": "blue",
+                           "applications": {"shop": {}}}, prune=False, dry_run=False, principal="t")
+    assert [str(p) for p in raised.value.problems] == [
+        "colour: is not a known field",
+        "applications: must be a list",
+        "entities[1].entityId: 'e' is named twice (also entities[0])",
+    ]
     with pytest.raises(StateInvalid) as raised:  # with --prune, what the store holds but the file omits is gone
         await sync(store, doc_of(keys=[{"id": "K", "name": "k", "platform": [{"entityId": "acme"}]}]),
                    prune=True, dry_run=False, principal="t")

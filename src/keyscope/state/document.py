@@ -133,11 +133,10 @@ class State:
 
 def parse(doc: Any) -> State:
     """The document as a State, or StateInvalid naming every problem (one per item at most: an item's first)."""
-    problems: list[Problem] = []
-    try:
-        top = object_of(doc, _TOP)
-    except ValidationError as exc:
-        raise StateInvalid([Problem("document" if exc.field == "body" else exc.field, exc.detail)]) from None
+    if not isinstance(doc, dict):
+        raise StateInvalid([Problem("document", "must be a JSON object")])
+    top: Mapping[str, Any] = doc
+    problems = [Problem(name, "is not a known field") for name in top if name not in _TOP]  # reported with the rest
     if "version" in top and top["version"] != VERSION:
         problems.append(Problem("version", f"must be {VERSION} (the only version this keyscope reads)"))
     positions: dict[tuple[str, Any], int] = {}
