@@ -39,6 +39,7 @@ from keyscope.core.errors import Refusal
 from keyscope.core.limits import DEFAULT as DEFAULT_LIMITS
 from keyscope.core.limits import Limits
 from keyscope.core.models import ApiKey
+from keyscope.core.settings import Settings
 from keyscope.core.ttlcache import Clock
 from keyscope.core.types import Receive, Scope, Send
 from keyscope.decide.admission import Admission
@@ -109,6 +110,20 @@ class Checks:
         self.known_ids = KnownIds(store, ttl=id_cache_ttl, clock=clock)
         self.usage = UsageRecorder(store)
         self.watcher = ChangeWatcher(store, self.changed)
+
+    @staticmethod
+    def options(settings: Settings) -> dict[str, Any]:
+        """`assemble()`'s keywords from validated settings, as every entry point built from settings passes them
+        (the gateway, the authorizer)."""
+        return {
+            "key_cache_ttl": settings.key_cache_ttl,
+            "trusted_proxies": settings.trusted_proxies,
+            "max_body_size": settings.max_body_size,
+            "limits": settings.limits(),
+            "rate_limit_store": settings.rate_limit_store,
+            "rate_limit_on_error": settings.rate_limit_on_error,
+            "shadow": settings.shadow,
+        }
 
     @classmethod
     def assemble(

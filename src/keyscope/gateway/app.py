@@ -99,14 +99,8 @@ class Gateway:
             store=store_from_url(settings.store),
             upstream=upstream,
             admin_token=settings.admin_token,
-            key_cache_ttl=settings.key_cache_ttl,
-            trusted_proxies=settings.trusted_proxies,
-            max_body_size=settings.max_body_size,
-            limits=settings.limits(),
             header_timeout=settings.header_timeout,
-            rate_limit_store=settings.rate_limit_store,
-            rate_limit_on_error=settings.rate_limit_on_error,
-            shadow=settings.shadow,
+            **Checks.options(settings),
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
